@@ -1,10 +1,33 @@
 """lip_det: LIP (Local Importance-based Pooling, Gao et al. ICCV 2019) for detectron2.
 
-Importing the package registers the LIP-ResNet backbones in detectron2's BACKBONE_REGISTRY.
+``import lip_det`` registers the LIP-ResNet backbones in detectron2's BACKBONE_REGISTRY:
+``build_lip_resnet_backbone``, ``build_lip_resnet_fpn_backbone`` and
+``build_retinanet_lip_resnet_fpn_backbone``. Import it before other detectron2 modules: it first
+applies the detectron2 compatibility fixes of ``lip_det.compat`` (no-ops on upstream detectron2).
 """
 
 from . import compat
 
-compat.apply()  # before anything imports detectron2.layers
+compat.apply()
+
+from .backbone import (  # noqa: E402  (registration needs the fixes above)
+    LIPResNet,
+    build_lip_resnet_backbone,
+    build_lip_resnet_fpn_backbone,
+    build_retinanet_lip_resnet_fpn_backbone,
+)
+from .config import add_lip_config  # noqa: E402
+from .lip2d import lip2d  # noqa: E402
+from .lip_layer import LIP  # noqa: E402
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "LIP",
+    "LIPResNet",
+    "add_lip_config",
+    "build_lip_resnet_backbone",
+    "build_lip_resnet_fpn_backbone",
+    "build_retinanet_lip_resnet_fpn_backbone",
+    "lip2d",
+]

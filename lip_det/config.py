@@ -12,7 +12,6 @@ LIP_PLACES = (
 )
 LOGIT_MODULES = ("simplified", "projection", "bottleneck")
 STEM_LOGIT_MODULES = ("simplified", "projection")
-LIP_IMPLEMENTATIONS = ("auto", "reference")
 EVAL_ENGINES = ("official", "fast")
 
 
@@ -29,7 +28,7 @@ def add_lip_config(cfg):
     _C.MODEL.LIP.BLOCK_LOGIT = "bottleneck"
     # Width W of the shared trunk of "bottleneck" logit modules (paper: 128).
     _C.MODEL.LIP.BOTTLENECK_WIDTH = 128
-    # SoftGate coefficient: logit = COEFF * sigmoid(.), so importance lies in (1, e^COEFF) (paper: 12).
+    # SoftGate coefficient: logit = COEFF * sigmoid(.), importance in (1, e^COEFF) (paper: 12).
     _C.MODEL.LIP.GATE_COEFF = 12.0
     # Keep LIP logit modules trainable inside stages frozen by MODEL.BACKBONE.FREEZE_AT. False
     # (default) freezes them with their stage, like the convs they sit between; True lets them

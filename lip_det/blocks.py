@@ -1,0 +1,221 @@
+"""LIP-ResNet building blocks: the stem and the stride-2 residual blocks that use LIP.
+
+All other blocks of a LIP-ResNet are detectron2's own ``BottleneckBlock`` / ``BasicBlock``.
+"""
+
+import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+
+from .lip_layer import LIP
+from .logit_modules import BottleneckTrunk, build_logit_module
+
+__all__ = ["LIPStem", "LIPBottleneckBlock", "LIPBasicBlock"]
+
+
+class LIPStem(CNNBlockBase):
+    """conv 7x7/2 -> norm -> ReLU -> LIP 3x3/2 (instead of detectron2 BasicStem's max-pool).
+
+    Parameter names of ``conv1`` match ``BasicStem``, so plain-ResNet stem weights load as is.
+    """
+
+    def __init__(
+        self, in_channels=3, out_channels=64, *, norm="BN", logit="simplified", gate_coeff=12.0,
+        impl="auto",
+    ):  # fmt: skip
+        super().__init__(in_channels, out_channels, 4)
+        self.conv1 = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=7,
+            stride=2,
+            padding=3,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        weight_init.c2_msra_fill(self.conv1)
+        self.lip = LIP(
+            build_logit_module(logit, out_channels, out_channels, gate_coeff=gate_coeff), impl=impl
+        )
+
+    def forward(self, x):
+        return self.lip(F.relu_(self.conv1(x)))
+
+
+class _LIPBlockMixin:
+    """Builds the LIPs of a stride-2 residual block.
+
+    ``pooled_channels`` are the channels each branch pools: (main, shortcut). ``main_features``
+    are the channels the main branch's own logit module would read when it has no shared trunk.
+    """
+
+    def _build_lips(
+        self, *, in_channels, main_channels, main_features, lip_main, lip_shortcut, logit,
+        bottleneck_width, gate_coeff, impl,
+    ):  # fmt: skip
+        self.logit_trunk = None
+        if logit == "bottleneck" and (lip_main or lip_shortcut):
+            self.logit_trunk = BottleneckTrunk(in_channels, bottleneck_width)
+        head_in = bottleneck_width if self.logit_trunk is not None else None
+
+        def make(features, channels):
+            module = build_logit_module(logit, head_in or features, channels, gate_coeff=gate_coeff)
+            return LIP(module, stride=self.stride, impl=impl)
+
+        self.main_lip = make(main_features, main_channels) if lip_main else None
+        self.shortcut_lip = make(in_channels, in_channels) if lip_shortcut else None
+
+
+class LIPBottleneckBlock(_LIPBlockMixin, CNNBlockBase):
+    """The paper's stride-2 LIP bottleneck (first block of res3, res4, res5).
+
+    main:     conv1 1x1 -> norm -> ReLU -> LIP -> conv2 **1x1** -> norm -> ReLU -> conv3 1x1 -> norm
+    shortcut: LIP -> conv 1x1 -> norm
+    out = ReLU(main + shortcut)
+
+    With the "bottleneck" logit module, one shared trunk reads the block input and each LIP has
+    its own head. ``lip_main=False`` / ``lip_shortcut=False`` put the plain strided conv back in
+    that branch (as in detectron2's ``BottleneckBlock``), for ablations.
+    """
+
+    def __init__(
+        self, in_channels, out_channels, *, bottleneck_channels, stride=2, num_groups=1,
+        norm="BN", stride_in_1x1=False, lip_main=True, lip_shortcut=True,
+        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto",
+    ):  # fmt: skip
+        super().__init__(in_channels, out_channels, stride)
+        if not (lip_main or lip_shortcut):
+            raise ValueError(
+                "LIPBottleneckBlock needs lip_main or lip_shortcut; use BottleneckBlock"
+            )
+
+        self.shortcut = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=1,
+            stride=1 if lip_shortcut else stride,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        # Without LIP in the main path this is detectron2's BottleneckBlock main path.
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = Conv2d(
+            in_channels,
+            bottleneck_channels,
+            kernel_size=1,
+            stride=1 if lip_main else stride_1x1,
+            bias=False,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        # LIP does the downsampling, so the 3x3 conv2 becomes a 1x1 (why LIP-ResNet-50 has fewer
+        # parameters than ResNet-50).
+        self.conv2 = Conv2d(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=1 if lip_main else 3,
+            stride=1 if lip_main else stride_3x3,
+            padding=0 if lip_main else 1,
+            groups=num_groups,
+            bias=False,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        self.conv3 = Conv2d(
+            bottleneck_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        for layer in (self.conv1, self.conv2, self.conv3, self.shortcut):
+            weight_init.c2_msra_fill(layer)
+
+        self._build_lips(
+            in_channels=in_channels,
+            main_channels=bottleneck_channels,
+            main_features=bottleneck_channels,
+            lip_main=lip_main,
+            lip_shortcut=lip_shortcut,
+            logit=logit,
+            bottleneck_width=bottleneck_width,
+            gate_coeff=gate_coeff,
+            impl=impl,
+        )
+
+    def forward(self, x):
+        shared = self.logit_trunk(x) if self.logit_trunk is not None else None
+        out = F.relu_(self.conv1(x))
+        if self.main_lip is not None:
+            out = self.main_lip(out, shared)
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        shortcut = x if self.shortcut_lip is None else self.shortcut_lip(x, shared)
+        return F.relu_(out + self.shortcut(shortcut))
+
+
+class LIPBasicBlock(_LIPBlockMixin, CNNBlockBase):
+    """A stride-2 LIP version of ResNet-18/34's BasicBlock (the paper covers only bottlenecks).
+
+    main:     LIP -> conv1 3x3 (stride 1) -> norm -> ReLU -> conv2 3x3 -> norm
+    shortcut: LIP -> conv 1x1 -> norm
+
+    Following the bottleneck design, LIP replaces the stride of the strided convs and the convs
+    keep their kernel. Pooling *before* conv1 keeps conv1 at the output resolution, so the convs
+    cost exactly what the plain block's do and the conv parameters are identical to
+    ``BasicBlock``'s (plain weights load one-to-one); only the logit modules are added. Both LIPs
+    pool the block input with their own logits (one head each on the shared trunk).
+    """
+
+    def __init__(
+        self, in_channels, out_channels, *, stride=2, norm="BN", lip_main=True, lip_shortcut=True,
+        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto",
+    ):  # fmt: skip
+        super().__init__(in_channels, out_channels, stride)
+        if not (lip_main or lip_shortcut):
+            raise ValueError("LIPBasicBlock needs lip_main or lip_shortcut; use BasicBlock")
+        self.shortcut = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=1,
+            stride=1 if lip_shortcut else stride,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        self.conv1 = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            stride=1 if lip_main else stride,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        self.conv2 = Conv2d(
+            out_channels,
+            out_channels,
+            kernel_size=3,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        for layer in (self.shortcut, self.conv1, self.conv2):
+            weight_init.c2_msra_fill(layer)
+
+        self._build_lips(
+            in_channels=in_channels,
+            main_channels=in_channels,
+            main_features=in_channels,
+            lip_main=lip_main,
+            lip_shortcut=lip_shortcut,
+            logit=logit,
+            bottleneck_width=bottleneck_width,
+            gate_coeff=gate_coeff,
+            impl=impl,
+        )
+
+    def forward(self, x):
+        shared = self.logit_trunk(x) if self.logit_trunk is not None else None
+        out = x if self.main_lip is None else self.main_lip(x, shared)
+        out = F.relu_(self.conv1(out))
+        out = self.conv2(out)
+        shortcut = x if self.shortcut_lip is None else self.shortcut_lip(x, shared)
+        return F.relu_(out + self.shortcut(shortcut))
