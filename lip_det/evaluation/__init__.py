@@ -1,0 +1,22 @@
+"""COCO evaluation with a fine size breakdown for small objects.
+
+- :func:`evaluate_by_size`: COCO metrics plus AP/AR per size bucket, for any COCO-format data.
+"""
+
+from .coco_inputs import EvaluationInputError, load_ground_truth, load_results
+from .engines import get_engine
+from .size_buckets import DEFAULT_BUCKET_EDGES, SizeBuckets
+from .size_evaluation import DEFAULT_MAX_DETS, SizeEvaluation, evaluate_by_size, metric_names
+
+__all__ = [
+    "DEFAULT_BUCKET_EDGES",
+    "DEFAULT_MAX_DETS",
+    "EvaluationInputError",
+    "SizeBuckets",
+    "SizeEvaluation",
+    "evaluate_by_size",
+    "get_engine",
+    "load_ground_truth",
+    "load_results",
+    "metric_names",
+]
