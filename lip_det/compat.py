@@ -8,36 +8,62 @@ file), never a version string, so on upstream detectron2 built from source every
 false and nothing is touched. ``python -m lip_det.collect_env`` prints which fixes are active.
 
 ``apply()`` runs once, when ``lip_det`` is imported, and must run before ``detectron2.layers`` is
-first imported (``import lip_det`` before other detectron2 imports in your own scripts).
+first imported (``import lip_det`` before other detectron2 imports in your own scripts). Fixes that
+concern one detectron2 module act only while that module is being imported (or right after), via
+a small import hook that watches exactly those module names; nothing is patched globally except
+the ``detectron2._C`` stand-in.
+
+This module imports only the standard library at load time (``tools/`` and the tests load it by
+file path), so keep it that way.
 """
 
+import contextlib
+import functools
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import re
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 
-__all__ = ["Fix", "apply", "applied_fixes", "has_c_extension", "MissingCExtensionError"]
+__all__ = [
+    "Fix",
+    "MissingCExtensionError",
+    "MISSING_DETECTRON2",
+    "active_fixes",
+    "applied_fixes",
+    "apply",
+    "has_c_extension",
+]
 
 MISSING_DETECTRON2 = (
     "lip_det needs detectron2, which is not installed in this Python ({python}).\n"
-    "Install it with `make install` in the lip_det checkout (uses the package index), or from "
-    "upstream source:\n"
-    "    pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+    "Install it from the lip_det checkout with one of:\n"
+    "    make install              # a project venv (.venv) with torch, detectron2 and lip_det\n"
+    "    {python} tools/install_detectron2.py   # into this Python, from the package index\n"
+    "    {python} -m pip install --no-build-isolation "
+    "'git+https://github.com/facebookresearch/detectron2.git'   # upstream source"
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fix:
     name: str
-    problem: str  # what was detected
-    active: bool = False
+    active: bool
+    problem: str  # one line: what was detected (or why the fix is not needed)
+    modules: tuple[str, ...] = ()  # detectron2 modules the fix acts on
 
 
 _FIXES: list[Fix] = []
 _applied = False
+
+
+# --------------------------------------------------------------------------------------------------
+# detectron2._C
 
 
 class MissingCExtensionError(AttributeError):
@@ -62,96 +88,230 @@ class _MissingCExtension(types.ModuleType):
 
 
 def has_c_extension() -> bool:
-    """True when detectron2's compiled ``_C`` extension is importable (not our stand-in)."""
-    mod = sys.modules.get("detectron2._C")
-    if mod is not None:
-        return not isinstance(mod, _MissingCExtension)
-    return importlib.util.find_spec("detectron2._C") is not None
+    """True when detectron2's compiled ``_C`` extension is present and imports (not the stand-in).
 
+    Use it to choose code paths that need ``_C``, e.g. ``COCOEvaluator(use_fast_impl=...)``.
+    """
+    module = sys.modules.get("detectron2._C")
+    if module is None:
+        if _find_spec("detectron2") is None or _find_spec("detectron2._C") is None:
+            return False
+        try:
+            import torch  # noqa: F401  (the extension links against libtorch)
 
-def _module_source(module_name):
-    """Source text of a detectron2 module, read without importing it (or its parent packages,
-    whose import may be what the fix has to prepare); "" if there is no such file."""
-    spec = importlib.util.find_spec("detectron2")
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    parts = module_name.split(".")[1:]
-    for root in spec.submodule_search_locations:
-        for candidate in (os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")):
-            if os.path.isfile(candidate):
-                with open(candidate, encoding="utf-8") as f:
-                    return f.read()
-    return ""
+            module = importlib.import_module("detectron2._C")
+        except ImportError:
+            return False
+    return not isinstance(module, _MissingCExtension)
 
 
 def _fix_missing_c_extension():
-    if has_c_extension():
+    # Only a *missing* extension gets the stand-in: a present but broken build (e.g. compiled
+    # against another torch) must keep failing with its own error.
+    if "detectron2._C" in sys.modules or _find_spec("detectron2._C") is not None:
         return None
-    sys.modules["detectron2._C"] = _MissingCExtension("detectron2._C")
+    stand_in = _MissingCExtension("detectron2._C", "Stand-in for detectron2's C++ extension.")
+    stand_in.__spec__ = importlib.machinery.ModuleSpec(
+        "detectron2._C", None, origin="stand-in from lip_det.compat"
+    )
+    sys.modules["detectron2._C"] = stand_in
     import detectron2
 
-    detectron2._C = sys.modules["detectron2._C"]
-    return "detectron2._C missing: stand-in module installed (ops needing it raise a clear error)"
+    detectron2._C = stand_in
+    return True, "detectron2._C missing (no C++ extension): stand-in whose ops raise an error", ()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading detectron2's sources without importing them
+
+
+def _find_spec(name):
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _detectron2_sources():
+    """{module name: source text} of every ``.py`` file of the detectron2 package, read without
+    importing anything below ``detectron2`` (whose import may be what a fix has to prepare)."""
+    spec = _find_spec("detectron2")
+    sources = {}
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "configs"))
+            for filename in sorted(filenames):
+                if not filename.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, filename)
+                parts = os.path.relpath(path, root)[: -len(".py")].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts.pop()
+                name = ".".join(["detectron2", *parts])
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    sources.setdefault(name, f.read())
+    return sources
+
+
+def _uses(needle, pattern):
+    """{module name: matches} for the detectron2 modules whose code, comments aside, matches
+    the regex ``pattern`` (its groups, if any, are what is reported); ``needle`` is a substring
+    that every match contains (a cheap pre-filter: most files never match)."""
+    found = {}
+    pattern = re.compile(pattern, re.M)
+    for name, source in _detectron2_sources().items():
+        if needle not in source:
+            continue
+        code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
+        matches = pattern.findall(code)
+        if matches:
+            found[name] = matches
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Import hook: run a context manager around the execution of a few named modules
+
+
+class _HookedLoader(importlib.abc.Loader):
+    def __init__(self, loader, hooks):
+        self._loader = loader
+        self._hooks = hooks
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        # Hand the real loader back to the module (get_source, resource readers, reload).
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        with contextlib.ExitStack() as stack:
+            for hook in self._hooks:
+                stack.enter_context(hook(module))
+            self._loader.exec_module(module)
+
+
+class _ModuleHooks(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: for the watched module names it wraps the loader that the other
+    finders return, so that each hook (a context manager factory) runs around the module's code."""
+
+    def __init__(self):
+        self.hooks = {}  # module name -> [hook, ...]
+
+    def find_spec(self, fullname, path=None, target=None):
+        hooks = self.hooks.get(fullname)
+        if not hooks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _HookedLoader(spec.loader, list(hooks))
+        return spec
+
+
+_module_hooks = _ModuleHooks()
+
+
+def _on_import(module_name, hook):
+    """Run ``hook(module)`` (a context manager) around the import of ``module_name``."""
+    if _module_hooks not in sys.meta_path:
+        sys.meta_path.insert(0, _module_hooks)
+    _module_hooks.hooks.setdefault(module_name, []).append(hook)
+
+
+# --------------------------------------------------------------------------------------------------
+# PIL.Image.LINEAR
 
 
 def _fix_pil_linear():
     # detectron2's ExtentTransform uses Image.LINEAR as a default argument, evaluated at import;
-    # Pillow >= 10 removed that alias of BILINEAR. Provide it only while that module is imported.
+    # Pillow >= 10 removed that alias of BILINEAR. Provide it only while that module executes.
     from PIL import Image
 
-    module = "detectron2.data.transforms.transform"
-    if hasattr(Image, "LINEAR") or "Image.LINEAR" not in _module_source(module):
+    if hasattr(Image, "LINEAR"):
         return None
+    users = list(_uses("Image.LINEAR", r"\bImage\.LINEAR\b"))
+    if not users:
+        return None
+    for name in users:
+        _on_import(name, _pil_linear_alias)
+    return True, f"PIL.Image.LINEAR (gone in Pillow 10) used by {', '.join(users)}", users
+
+
+@contextlib.contextmanager
+def _pil_linear_alias(module):
+    from PIL import Image
+
     Image.LINEAR = Image.BILINEAR
     try:
-        importlib.import_module(module)
+        yield
     finally:
         del Image.LINEAR
-    return f"PIL.Image.LINEAR missing but used by {module}: imported it with the alias in place"
+
+
+# --------------------------------------------------------------------------------------------------
+# pkg_resources
 
 
 def _fix_pkg_resources():
-    # detectron2.model_zoo imports pkg_resources (dropped from setuptools >= 81) for one call,
-    # resource_filename. Give that module a private shim instead of installing one globally.
-    module = "detectron2.model_zoo.model_zoo"
-    if importlib.util.find_spec("pkg_resources") is not None:
+    # detectron2.model_zoo imports pkg_resources (dropped from setuptools 81) for one call,
+    # resource_filename. Give the modules that import it a private shim, not a global one.
+    if _find_spec("pkg_resources") is not None:
         return None
-    if "import pkg_resources" not in _module_source(module):
+    users = list(_uses("pkg_resources", r"^[ \t]*(?:import|from) pkg_resources\b"))
+    if not users:
         return None
-    shim = types.ModuleType("pkg_resources")
+    used = set().union(*_uses("pkg_resources.", r"\bpkg_resources\.(\w+)").values())
+    unsupported = used - set(_PkgResourcesShim.provides)
+    if unsupported:  # no half-working shim: leave the ModuleNotFoundError and say why
+        names = ", ".join(f"pkg_resources.{n}" for n in sorted(unsupported))
+        return False, f"pkg_resources missing and detectron2 uses {names} (not shimmed)", users
+    for name in users:
+        _on_import(name, _pkg_resources_shim)
+    return True, f"pkg_resources (gone in setuptools 81) imported by {', '.join(users)}", users
 
+
+class _PkgResourcesShim(types.ModuleType):
+    provides = ("resource_filename",)
+
+    @staticmethod
     def resource_filename(package, resource):
         from importlib.resources import files
 
         return str(files(package).joinpath(resource))
 
-    shim.resource_filename = resource_filename
+
+@contextlib.contextmanager
+def _pkg_resources_shim(module):
+    shim = _PkgResourcesShim("pkg_resources", "lip_det.compat shim for pkg_resources.")
     sys.modules["pkg_resources"] = shim
     try:
-        importlib.import_module(module)
+        yield
     finally:
-        del sys.modules["pkg_resources"]
-    return f"pkg_resources missing but imported by {module}: gave it a resource_filename shim"
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
 
 
-# NumPy aliases removed in NumPy 1.24 (np.bool came back in 2.0 as the NumPy bool type).
-_NUMPY_ALIASES = {"int": int, "float": float, "bool": bool}
-_NUMPY_ALIAS_RE = re.compile(r"\bnp\.(int|float|bool)\b(?![_\d])")
-# detectron2 modules known to use them; each is checked by its source, not by version.
-_NUMPY_ALIAS_USERS = (
-    "detectron2.data.build",
-    "detectron2.structures.masks",
-    "detectron2.utils.visualizer",
-    "detectron2.evaluation.sem_seg_evaluation",
-    "detectron2.evaluation.pascal_voc_evaluation",
-)
+# --------------------------------------------------------------------------------------------------
+# NumPy aliases of builtins, removed in NumPy 1.24 (np.bool came back in 2.0 as NumPy's bool type)
+
+_NUMPY_ALIASES = {alias.__name__: alias for alias in (bool, int, float, complex, object, str)}
+_NUMPY_ALIAS_RE = r"\b(?:np|numpy)\.(bool|int|float|complex|object|str)\b"
 
 
 class _NumpyWithAliases(types.ModuleType):
     """numpy, plus the removed builtin aliases — given only to detectron2 modules that use them."""
 
     def __init__(self, numpy, aliases):
-        super().__init__("numpy")
+        super().__init__("numpy", numpy.__doc__)
         self._numpy = numpy
         self._aliases = aliases
 
@@ -160,29 +320,50 @@ class _NumpyWithAliases(types.ModuleType):
             return self._aliases[name]
         return getattr(self._numpy, name)
 
+    def __dir__(self):
+        return sorted(set(dir(self._numpy)) | set(self._aliases))
+
 
 def _fix_numpy_aliases():
     import numpy
 
-    missing = {k: v for k, v in _NUMPY_ALIASES.items() if not hasattr(numpy, k)}
+    with warnings.catch_warnings():  # NumPy 1.20-1.23 warn on access
+        warnings.simplefilter("ignore")
+        missing = {k: v for k, v in _NUMPY_ALIASES.items() if not hasattr(numpy, k)}
     if not missing:
         return None
-    patched, used_names = [], set()
-    for module_name in _NUMPY_ALIAS_USERS:
-        used = set(_NUMPY_ALIAS_RE.findall(_module_source(module_name)))
-        if not used & set(missing):
-            continue
-        module = importlib.import_module(module_name)
-        if getattr(module, "np", None) is numpy:
-            module.np = _NumpyWithAliases(numpy, missing)
-            patched.append(module_name)
-            used_names |= used & set(missing)
-    if not patched:
+    users, used_names = [], set()
+    for name, used in _uses("np", _NUMPY_ALIAS_RE).items():
+        if set(used) & set(missing):
+            users.append(name)
+            used_names |= set(used) & set(missing)
+    if not users:
         return None
-    return f"np.{'/np.'.join(sorted(used_names))} removed from NumPy but used by: " + ", ".join(
-        patched
-    )
+    hook = functools.partial(_numpy_alias_proxy, aliases=missing)
+    for name in users:
+        if name in sys.modules:
+            _give_numpy_aliases(sys.modules[name], missing)
+        else:
+            _on_import(name, hook)
+    names = "/".join(f"np.{n}" for n in sorted(used_names))
+    return True, f"{names} (gone in NumPy 1.24) used by {', '.join(users)}", users
 
+
+@contextlib.contextmanager
+def _numpy_alias_proxy(module, aliases):
+    yield  # the aliases are used inside functions, so patching after execution is enough
+    _give_numpy_aliases(module, aliases)
+
+
+def _give_numpy_aliases(module, aliases):
+    import numpy
+
+    for key, value in list(vars(module).items()):
+        if value is numpy:
+            setattr(module, key, _NumpyWithAliases(numpy, aliases))
+
+
+# --------------------------------------------------------------------------------------------------
 
 _FIX_FUNCTIONS = (
     ("missing_c_extension", _fix_missing_c_extension),
@@ -193,19 +374,33 @@ _FIX_FUNCTIONS = (
 
 
 def apply():
-    """Apply every fix whose problem is detected. Idempotent."""
+    """Apply every fix whose problem is detected (idempotent); returns the :class:`Fix` records.
+
+    Raises ImportError with install instructions when detectron2 is not installed.
+    """
     global _applied
     if _applied:
-        return _FIXES
-    if importlib.util.find_spec("detectron2") is None:
+        return list(_FIXES)
+    if _find_spec("detectron2") is None:
         raise ImportError(MISSING_DETECTRON2.format(python=sys.executable))
+    fixes = []
     for name, fn in _FIX_FUNCTIONS:
-        problem = fn()
-        _FIXES.append(Fix(name, problem or "not needed", active=problem is not None))
+        result = fn()  # None when the problem is absent, else (active, problem, modules)
+        if result is None:
+            fixes.append(Fix(name, False, "not needed"))
+        else:
+            active, problem, modules = result
+            fixes.append(Fix(name, active, problem, tuple(modules)))
+    _FIXES[:] = fixes
     _applied = True
-    return _FIXES
+    return list(_FIXES)
 
 
 def applied_fixes():
-    """The list of :class:`Fix` records (call :func:`apply` first)."""
+    """Every :class:`Fix` record, active or not (empty before :func:`apply`)."""
     return list(_FIXES)
+
+
+def active_fixes():
+    """The :class:`Fix` records of the fixes that are active in this process."""
+    return [fix for fix in _FIXES if fix.active]
