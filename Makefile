@@ -1,0 +1,128 @@
+# lip_det developer tasks; `make help` lists them.
+#
+# Every target runs in a project virtual environment, .venv (git-ignored), created on first use
+# with the pinned torch/torchvision, detectron2, pycocotools, fvcore, pytest, ruff and lip_det
+# (editable). Later runs reuse it; it is updated when setup.py, tools/install_detectron2.py or the
+# settings below change.
+#
+# To use an environment you already have (with torch, torchvision and detectron2 installed):
+#     make test PYTHON=/path/to/python
+# installs only lip_det into it (editable, --no-deps), plus pytest/ruff if a target needs them.
+# PYTHON is taken from the make command line only, never from the shell environment.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+# ---- settings (override on the command line: make install DETECTRON2_SOURCE=...) ----------------
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+# Upstream detectron2 to build (with its C++ extension): a git URL such as
+# git+https://github.com/facebookresearch/detectron2.git, or the path of a local clone.
+# Empty: detectron2's v0.6 release code from the package index, pure Python (see
+# tools/install_detectron2.py).
+DETECTRON2_SOURCE ?=
+# Python that creates .venv
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+PIP_ARGS ?= $(if $(CI),--progress-bar off)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+
+ifeq ($(origin PYTHON),command line)
+PY := $(PYTHON)
+ENV := external-env
+else
+PY := $(VENV)/bin/python
+ENV := $(VENV)/.lip_det-installed
+endif
+
+# ---- targets ---------------------------------------------------------------------------------------
+.PHONY: help install test lint format demo info clean-venv external-env FORCE
+
+help: ## list the targets and settings
+	@echo "usage: make TARGET [PYTHON=/path/to/python] [DETECTRON2_SOURCE=git-url-or-dir] [...]"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' \
+		$(firstword $(MAKEFILE_LIST))
+	@echo
+	@echo "settings: TORCH_VERSION=$(TORCH_VERSION) TORCHVISION_VERSION=$(TORCHVISION_VERSION)"
+	@echo "          DETECTRON2_SOURCE=$(or $(DETECTRON2_SOURCE),(package index, v0.6 code))"
+	@echo "          python: $(PY)"
+
+install: $(ENV) ## create or update the environment (.venv, or lip_det only into PYTHON=)
+
+test: $(ENV) ## run the tests (pytest; PYTEST_ARGS=... passes options)
+	@$(PY) -c 'import pytest' 2>/dev/null || $(PY) -m pip install $(PIP_ARGS) pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(ENV) ## ruff check + ruff format --check
+	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install $(PIP_ARGS) ruff
+	@status=0; \
+	(set -x; $(PY) -m ruff check .) || status=1; \
+	(set -x; $(PY) -m ruff format --check .) || status=1; \
+	exit $$status
+
+format: $(ENV) ## sort imports and format the code with ruff
+	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install $(PIP_ARGS) ruff
+	$(PY) -m ruff check --select I --fix .
+	$(PY) -m ruff format .
+
+demo: $(ENV) ## run tools/demo.py (DEMO_ARGS=... passes arguments)
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+info: $(ENV) ## print versions and the active detectron2 compatibility fixes
+	$(PY) -m lip_det.collect_env
+
+clean-venv: ## delete .venv
+	rm -rf -- "./$(VENV)"
+
+# ---- the project venv ------------------------------------------------------------------------------
+VPY := $(VENV)/bin/python
+ENV_SETTINGS := $(BOOTSTRAP_PYTHON) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
+	detectron2=$(DETECTRON2_SOURCE)
+
+# Rewritten only when the settings change, so that the stamp below sees them as a newer file.
+$(VENV)/.settings: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(ENV_SETTINGS)' | cmp -s - $@ || echo '$(ENV_SETTINGS)' > $@
+
+# detectron2 is (re)installed when the venv is new, the settings or the install script changed;
+# without DETECTRON2_SOURCE the script keeps an installed detectron2 unless told --force.
+D2_CHANGED = $(filter $(VENV)/.settings tools/install_detectron2.py,$?)
+D2_INSTALL = $(if $(DETECTRON2_SOURCE),--source '$(DETECTRON2_SOURCE)', \
+	$(if $(filter tools/install_detectron2.py,$?),--force))
+
+$(VENV)/.lip_det-installed: setup.py tools/install_detectron2.py $(VENV)/.settings
+	@echo "== setting up $(VENV) (torch $(TORCH_VERSION), torchvision $(TORCHVISION_VERSION))"
+	[ -x $(VPY) ] || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(PIP_ARGS) --upgrade setuptools
+	$(VPY) -m pip install $(PIP_ARGS) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	$(if $(D2_CHANGED),$(VPY) tools/install_detectron2.py $(D2_INSTALL),@echo "detectron2: unchanged")
+	$(VPY) -m pip install $(PIP_ARGS) --no-build-isolation -e '.[dev]'
+	touch $@
+
+# ---- an existing environment (PYTHON=...) ----------------------------------------------------------
+# sys.path[0] (the current directory) is dropped so that ./lip_det does not count as installed.
+external-env:
+	@$(PY) -c 'import sys; del sys.path[0]; import importlib.util as u; \
+		sys.exit(", ".join(m for m in ("torch", "torchvision", "detectron2") \
+		if u.find_spec(m) is None) or None)' || { \
+		echo "error: PYTHON=$(PY) lacks the modules named above, or is not a Python." >&2; \
+		echo "PYTHON= is for an environment that already has torch, torchvision and detectron2." >&2; \
+		echo "Install torch and torchvision into it, then detectron2 with" >&2; \
+		echo "    $(PY) tools/install_detectron2.py" >&2; \
+		echo "or leave out PYTHON= to use the project venv ($(VENV))." >&2; exit 1; }
+	$(if $(DETECTRON2_SOURCE),@echo "note: DETECTRON2_SOURCE is not used with PYTHON=; run" \
+		"$(PY) tools/install_detectron2.py --source '$(DETECTRON2_SOURCE)'" >&2)
+	@$(PY) -c 'import sys, os; del sys.path[0]; import importlib.util as u; \
+		s = u.find_spec("lip_det"); \
+		sys.exit(not (s and s.origin and os.path.samefile(os.path.dirname(s.origin), "lip_det")))' \
+		|| $(PY) -m pip install $(PIP_ARGS) --no-deps \
+		$$($(PY) -c 'import setuptools' 2>/dev/null && echo --no-build-isolation) -e .
+
+FORCE:
