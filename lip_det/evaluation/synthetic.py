@@ -77,37 +77,42 @@ def make_synthetic_detections(
     by_image = {}
     for ann in gt["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    category_ids = [c["id"] for c in gt["categories"]]
+    category_ids = np.array([c["id"] for c in gt["categories"]])
     results = []
     for image in _maybe_progress(gt["images"], progress, "detections"):
         anns = by_image.get(image["id"], [])
-        for ann in anns:
-            x, y, w, h = ann["bbox"]
-            size = math.sqrt(w * h)
-            # Detection probability grows with size: ~quality/2 at 2 px, quality at 100+ px.
-            found = quality * min(1.0, 0.4 + 0.3 * math.log10(max(size, 1.0)))
-            if rng.random() > found:
-                continue
-            noise = (1.0 - quality) * 0.2 * np.array([w, h, w, h]) * rng.standard_normal(4)
-            box = [x + noise[0], y + noise[1], max(w + noise[2], 1.0), max(h + noise[3], 1.0)]
-            category = ann["category_id"] if rng.random() < 0.9 else int(rng.choice(category_ids))
-            results.append(_detection(image["id"], category, box, rng.uniform(0.3, 1.0)))
-        for _ in range(int(rng.poisson(false_positives_per_image))):
-            w, h = np.exp(rng.uniform(math.log(2), math.log(200), 2))
-            box = [rng.uniform(0, image["width"] - w), rng.uniform(0, image["height"] - h), w, h]
-            results.append(
-                _detection(image["id"], int(rng.choice(category_ids)), box, rng.uniform(0, 0.6))
-            )
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        categories = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        n = len(anns)
+        sizes = np.sqrt(boxes[:, 2] * boxes[:, 3])
+        # Detection probability grows with size: ~quality/2 at 2 px, quality at 100+ px.
+        found_p = quality * np.minimum(1.0, 0.4 + 0.3 * np.log10(np.maximum(sizes, 1.0)))
+        found = rng.random(n) < found_p
+        noise = (1.0 - quality) * 0.2 * boxes[:, [2, 3, 2, 3]] * rng.standard_normal((n, 4))
+        found_boxes = boxes + noise
+        found_boxes[:, 2:] = np.maximum(found_boxes[:, 2:], 1.0)
+        confused = rng.random(n) >= 0.9  # one in ten found objects gets a random category
+        categories = np.where(confused, rng.choice(category_ids, n), categories)
+        scores = rng.uniform(0.3, 1.0, n)
+
+        clutter = int(rng.poisson(false_positives_per_image))
+        wh = np.exp(rng.uniform(math.log(2), math.log(200), (clutter, 2)))
+        xy = rng.uniform(0, 1, (clutter, 2)) * (np.array([image["width"], image["height"]]) - wh)
+        clutter_boxes = np.concatenate([xy, wh], axis=1)
+
+        all_boxes = np.concatenate([found_boxes[found], clutter_boxes])
+        all_categories = np.concatenate([categories[found], rng.choice(category_ids, clutter)])
+        all_scores = np.concatenate([scores[found], rng.uniform(0.0, 0.6, clutter)])
+        results += [
+            {
+                "image_id": image["id"],
+                "category_id": int(c),
+                "bbox": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+            }
+            for box, c, score in zip(all_boxes, all_categories, all_scores)
+        ]
     return results
-
-
-def _detection(image_id, category_id, box, score):
-    return {
-        "image_id": image_id,
-        "category_id": int(category_id),
-        "bbox": [round(float(v), 2) for v in box],
-        "score": round(float(score), 4),
-    }
 
 
 def _maybe_progress(iterable, progress, desc):
