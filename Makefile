@@ -1,8 +1,8 @@
 # lip_det developer tasks; `make help` lists them.
 #
 # Every target runs in a project virtual environment, .venv (git-ignored), created on first use
-# with the pinned torch/torchvision, detectron2, pycocotools, fvcore, pytest, ruff and lip_det
-# (editable). Later runs reuse it; it is updated when setup.py, tools/install_detectron2.py or the
+# with the pinned torch/torchvision, detectron2, pycocotools, fvcore, faster-coco-eval, pytest,
+# ruff and lip_det (editable). Later runs reuse it; it is updated when setup.py, tools/install_detectron2.py or the
 # settings below change.
 #
 # To use an environment you already have (with torch, torchvision and detectron2 installed):
@@ -23,6 +23,9 @@ TORCHVISION_VERSION ?= 0.29.1
 # Empty: detectron2's v0.6 release code from the package index, pure Python (see
 # tools/install_detectron2.py).
 DETECTRON2_SOURCE ?=
+# Optional packages lip_det uses when present, installed into .venv too (faster-coco-eval: the
+# "fast" COCO evaluation engine when detectron2 has no _C).
+VENV_EXTRA_PACKAGES ?= faster-coco-eval
 # Python that creates .venv
 BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
@@ -84,7 +87,7 @@ clean-venv: ## delete .venv
 # ---- the project venv ------------------------------------------------------------------------------
 VPY := $(VENV)/bin/python
 ENV_SETTINGS := $(BOOTSTRAP_PYTHON) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
-	detectron2=$(DETECTRON2_SOURCE)
+	detectron2=$(DETECTRON2_SOURCE) extra=$(VENV_EXTRA_PACKAGES)
 
 # Rewritten only when the settings change, so that the stamp below sees them as a newer file.
 $(VENV)/.settings: FORCE
@@ -103,7 +106,7 @@ $(VENV)/.lip_det-installed: setup.py tools/install_detectron2.py $(VENV)/.settin
 	$(VPY) -m pip install $(PIP_ARGS) --upgrade setuptools
 	$(VPY) -m pip install $(PIP_ARGS) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(if $(D2_CHANGED),$(VPY) tools/install_detectron2.py $(D2_INSTALL),@echo "detectron2: unchanged")
-	$(VPY) -m pip install $(PIP_ARGS) --no-build-isolation -e '.[dev]'
+	$(VPY) -m pip install $(PIP_ARGS) --no-build-isolation -e '.[dev]' $(VENV_EXTRA_PACKAGES)
 	touch $@
 
 # ---- an existing environment (PYTHON=...) ----------------------------------------------------------
