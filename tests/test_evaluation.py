@@ -162,6 +162,14 @@ def test_custom_max_dets_name_ar_keys_and_match_detectron2():
         assert metrics["AR300"] > metrics["AR100"] + 5
 
 
+def test_more_detections_per_image_than_max_dets_is_warned(gt, detections, caplog):
+    evaluate_by_size(gt, detections, max_dets=[1, 10], source="run.json")
+    assert "run.json: " in caplog.text and "images have more than 10 detections" in caplog.text
+    caplog.clear()
+    evaluate_by_size(gt, detections, source="run.json")
+    assert "more than" not in caplog.text
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_empty_results_give_zero_not_nan_where_there_is_ground_truth(gt, engine):
     evaluation = evaluate_by_size(gt, [], engine=engine)

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,6 +124,7 @@ def evaluate_by_size(
         gt = eval_engine.load_coco(gt_dataset)
 
     check_results(results, gt, iou_type, source=source)
+    _warn_if_over_per_image_cap(results, max_dets[-1], source)
     results = _prepare_results(results, iou_type)
     dt = _load_results(gt, results, eval_engine)
 
@@ -139,6 +141,21 @@ def evaluate_by_size(
         cocoeval.accumulate()
 
     return _summarize(cocoeval, gt, buckets, max_dets, eval_engine, len(results))
+
+
+def _warn_if_over_per_image_cap(results, max_det, source):
+    # COCOeval caps detections per image *and category*; detectors cap them per image
+    # (detectron2: TEST.DETECTIONS_PER_IMAGE). A run with more boxes per image than maxDets gets
+    # more chances than one capped at maxDets, so runs compared side by side should share a cap.
+    per_image = Counter(r["image_id"] for r in results)
+    over = sum(1 for n in per_image.values() if n > max_det)
+    if over:
+        logger.warning(
+            f"{source}: {over} images have more than {max_det} detections (at most "
+            f"{max(per_image.values())}). COCOeval caps at {max_det} per image *and category*, so "
+            f"more of them count than a detector capped at {max_det} per image could get; "
+            f"compare runs made with the same per-image cap"
+        )
 
 
 def _prepare_results(results, iou_type):
