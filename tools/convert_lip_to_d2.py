@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Convert an ImageNet (LIP-)ResNet checkpoint into a detectron2 checkpoint for MODEL.WEIGHTS.
+
+    # the authors' published LIP-ResNet-50 -> lip_det's LIP-ResNet-50 (every tensor one-to-one)
+    python tools/convert_lip_to_d2.py lip_resnet-50.pth weights/LIP-R-50.pkl --from lip
+    # torchvision's ResNet-50 -> initial weights of a LIP-ResNet-50 (LIP modules start as avg pool)
+    python tools/convert_lip_to_d2.py resnet50-0676ba61.pth weights/LIP-R-50-from-torchvision.pkl
+    # ... or of detectron2's plain ResNet-50 (the plain twin of the LIP configs)
+    python tools/convert_lip_to_d2.py resnet50-0676ba61.pth weights/R-50-torchvision.pkl --plain
+
+The source layout (lip, torchvision, msra) and the depth are read from the file; --from and
+--depth make them checks. The logic lives in lip_det/convert.py.
+"""
+
+import argparse
+import sys
+
+import lip_det  # noqa: F401  (detectron2 compatibility fixes before any detectron2 import)
+from lip_det.backbone import NUM_BLOCKS_PER_STAGE
+from lip_det.convert import DEFAULT_PREFIX, SOURCES, ConversionError, convert_file
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        description="Convert a LIP-ResNet (sebgao/LIP), torchvision ResNet or detectron2 MSRA "
+        "ResNet checkpoint into a detectron2 .pkl checkpoint with exact parameter names.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("src", help="checkpoint to convert (.pth/.pth.tar/.pkl)")
+    parser.add_argument("dst", help="detectron2 checkpoint to write (.pkl)")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=("auto", *SOURCES),
+        default="auto",
+        help="layout of SRC: lip = the published LIP-ResNets, torchvision, msra = detectron2's "
+        "caffe2 R-50.pkl/R-101.pkl; anything but auto fails unless SRC has that layout",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        choices=sorted(NUM_BLOCKS_PER_STAGE),
+        help="fail unless SRC has this depth (default: read it from SRC)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="target detectron2's plain ResNet instead of LIP-ResNet (torchvision/msra sources)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help='where the backbone sits in the detectron2 model: "backbone.bottom_up." under a FPN, '
+        '"backbone." for a bare (LIP-)ResNet backbone',
+    )
+    parser.add_argument(
+        "--keep-input-format",
+        action="store_true",
+        help="msra only: keep caffe2's BGR / std-1 input instead of rewriting conv1 for the RGB, "
+        "torchvision-normalised input of lip_det's configs",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print every mapped tensor")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        conversion = convert_file(
+            args.src,
+            args.dst,
+            source=args.source,
+            depth=args.depth,
+            plain=args.plain,
+            prefix=args.prefix,
+            keep_input_format=args.keep_input_format,
+        )
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(conversion.report(args.src, args.dst, args.prefix, verbose=args.verbose)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
