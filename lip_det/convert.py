@@ -19,6 +19,7 @@ import pickle
 import re
 import textwrap
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +122,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unreadable(path, error):
-    reason = (str(error).strip().splitlines() or [""])[0][:160]
+    # the first clause of the first line: torch appends paragraphs of generic advice
+    reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:160]
     return (
         f"{path}: cannot be read, the file is truncated or corrupt "
         f"({type(error).__name__}: {reason})"
@@ -139,7 +141,20 @@ def _torch_load(path):
             "not unpickled because that could run arbitrary code; save model.state_dict() instead"
         ) from None
     except Exception as e:  # a damaged file fails deep inside torch with many exception types
+        if _is_foreign_zip(path):
+            raise ConversionError(
+                f"{path}: a zip archive, not a torch.save file; if it is a downloaded folder, "
+                "unzip it and convert the .pth inside"
+            ) from None
         raise ConversionError(_unreadable(path, e)) from None
+
+
+def _is_foreign_zip(path):
+    """A complete zip archive without torch.save's data.pkl (e.g. a downloaded Drive folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return not any(name.endswith("data.pkl") for name in archive.namelist())
 
 
 def _pickle_load(path):
@@ -428,7 +443,9 @@ class Conversion:
         items.append(f"expects {self.input.describe()}")
         lines = [items[0]]
         for item in items[1:]:
-            lines += textwrap.wrap(item, 100, initial_indent="  ", subsequent_indent="      ")
+            lines += textwrap.wrap(
+                item, 100, initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False
+            )
         return lines
 
 
