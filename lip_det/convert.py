@@ -476,7 +476,7 @@ def _listing(names, limit=12):
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _check_kind(origin, source, found, depth, plain):
+def _check_kind(origin, source, found, depth, plain, keep_input_format):
     if source not in ("auto", *SOURCES):
         raise ConversionError(f"source {source!r} is not valid; choose one of {['auto', *SOURCES]}")
     if source not in ("auto", found):
@@ -492,6 +492,12 @@ def _check_kind(origin, source, found, depth, plain):
             f"{origin}: a plain ResNet was asked for (--plain), but this is a LIP-ResNet-{depth} "
             "checkpoint, whose LIP modules and 1x1 conv2 have no place in a plain ResNet; "
             "convert it without --plain"
+        )
+    if keep_input_format and found != "msra":
+        raise ConversionError(
+            f"{origin}: keeping the input format (--keep-input-format) applies to caffe2 (msra) "
+            f"checkpoints; this is {SOURCE_TITLES[found]}-{depth}, which already expects RGB input "
+            "with torchvision's mean and std"
         )
     if found == "lip" and depth < 50:
         raise ConversionError(
@@ -526,7 +532,7 @@ def convert_state_dict(
             + _listing(list(state), 4)
         )
     found_depth, counts = _infer_depth(state, found, origin)
-    _check_kind(origin, source, found, found_depth, plain)
+    _check_kind(origin, source, found, found_depth, plain, keep_input_format)
     if depth is not None and depth != found_depth:
         expected = NUM_BLOCKS_PER_STAGE.get(depth, "no such depth")
         raise ConversionError(
@@ -637,7 +643,9 @@ def convert_state_dict(
 
 
 def _is_kxk_for_1x1(shape, want):
-    return len(shape) == 4 and shape[:2] == want[:2] and tuple(want[2:]) == (1, 1) != shape[2:]
+    """A k x k conv weight (k > 1) where the target has a 1x1 with the same channels."""
+    same_channels = len(shape) == 4 and shape[:2] == want[:2]
+    return same_channels and tuple(want[2:]) == (1, 1) and tuple(shape[2:]) != (1, 1)
 
 
 def _title(depth, plain):

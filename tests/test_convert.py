@@ -524,6 +524,8 @@ def test_torchvision_depths_convert_completely(depth):
         assert len(conversion.approximated) == (3 if lip_bottleneck else 0)
         assert bool(conversion.left_at_init) is not plain
         assert (BASIC_BLOCK_NOTE in conversion.notes) == (depth < 50 and not plain)
+    with pytest.raises(ConversionError, match="already expects RGB input"):
+        convert_state_dict(state, keep_input_format=True)  # an option for caffe2 weights only
 
 
 # --------------------------------------------------------------------------------------------------
