@@ -13,8 +13,8 @@ concern one detectron2 module act only while that module is being imported (or r
 a small import hook that watches exactly those module names; nothing is patched globally except
 the ``detectron2._C`` stand-in.
 
-This module imports only the standard library at load time (``tools/`` and the tests load it by
-file path), so keep it that way.
+This module imports only the standard library at load time and nothing from lip_det (the tests
+load it by file path against a fake detectron2), so keep it that way.
 """
 
 import contextlib
@@ -287,6 +287,15 @@ class _PkgResourcesShim(types.ModuleType):
         from importlib.resources import files
 
         return str(files(package).joinpath(resource))
+
+    def __getattr__(self, name):
+        # Anything else imported while the shim is in place gets a clear answer, not a riddle.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"pkg_resources.{name}: setuptools >= 81 has no pkg_resources, and lip_det's shim "
+            "(for detectron2.model_zoo) only has resource_filename"
+        )
 
 
 @contextlib.contextmanager

@@ -124,6 +124,8 @@ def test_pkg_resources_shim_and_model_zoo_config_lookup():
         # the shim resolves package resources like pkg_resources.resource_filename
         shim = model_zoo.pkg_resources
         assert shim.resource_filename("lip_det", "compat.py") == compat.__file__
+        with pytest.raises(AttributeError, match="only has resource_filename"):
+            shim.get_distribution("detectron2")
     name = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
     path = os.path.join(os.path.dirname(detectron2.model_zoo.__file__), "configs", name)
     if os.path.exists(path):
