@@ -5,7 +5,9 @@ The package index only carries detectron2's v0.6 release code (``pb1-detectron2`
 extension, and that code predates NumPy 2, Pillow 10 and setuptools 81. Every fix below detects the
 *problem* (a missing module, a missing attribute, a removed name still used in a detectron2 source
 file), never a version string, so on upstream detectron2 built from source every check comes out
-false and nothing is touched. ``python -m lip_det.collect_env`` prints which fixes are active.
+false and nothing is touched — except the pkg_resources shim, as long as upstream's model_zoo still
+imports pkg_resources and setuptools >= 81 is installed. ``python -m lip_det.collect_env`` prints
+which fixes are active.
 
 ``apply()`` runs once, when ``lip_det`` is imported, and must run before ``detectron2.layers`` is
 first imported (``import lip_det`` before other detectron2 imports in your own scripts). Fixes that
