@@ -8,7 +8,9 @@
 # To use an environment you already have (with torch, torchvision and detectron2 installed):
 #     make test PYTHON=/path/to/python
 # installs only lip_det into it (editable, --no-deps), plus pytest/ruff if a target needs them.
-# PYTHON is taken from the make command line only, never from the shell environment.
+# If that environment already has lip_det from another checkout, make stops rather than re-point
+# it (add REPOINT=1 to re-point it). PYTHON is taken from the make command line only, never from
+# the shell environment.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -122,10 +124,17 @@ external-env:
 		echo "or leave out PYTHON= to use the project venv ($(VENV))." >&2; exit 1; }
 	$(if $(DETECTRON2_SOURCE),@echo "note: DETECTRON2_SOURCE is not used with PYTHON=; run" \
 		"$(PY) tools/install_detectron2.py --source '$(DETECTRON2_SOURCE)'" >&2)
-	@$(PY) -c 'import sys, os; del sys.path[0]; import importlib.util as u; \
+	@where=$$($(PY) -c 'import sys, os; del sys.path[0]; import importlib.util as u; \
 		s = u.find_spec("lip_det"); \
-		sys.exit(not (s and s.origin and os.path.samefile(os.path.dirname(s.origin), "lip_det")))' \
-		|| $(PY) -m pip install $(PIP_ARGS) --no-deps \
+		print(os.path.dirname(os.path.dirname(s.origin)) if s and s.origin else "")'); \
+	if [ -n "$$where" ] && [ "$$where" -ef . ]; then exit 0; fi; \
+	if [ -n "$$where" ] && [ -z "$(REPOINT)" ]; then \
+		echo "error: $(PY) already has lip_det from $$where, not from this checkout." >&2; \
+		echo "Installing this checkout ($(CURDIR)) would re-point that environment for" >&2; \
+		echo "everyone who uses it: add REPOINT=1 to do so anyway, or run make in $$where." >&2; \
+		exit 1; \
+	fi; \
+	set -x; $(PY) -m pip install $(PIP_ARGS) --no-deps \
 		$$($(PY) -c 'import setuptools' 2>/dev/null && echo --no-build-isolation) -e .
 
 FORCE:
