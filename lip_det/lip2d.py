@@ -5,20 +5,32 @@
 
 Zero padding cancels between numerator and denominator, so every output is a weighted mean over
 the valid part of its window, and the output size is exactly ``avg_pool2d``'s.
+
+Implementations (one dispatch point, :func:`lip2d`):
+
+- ``"cpu"``: fused C++ kernels (``lip_det/csrc``), built by setup.py; the CPU default.
+- ``"triton"``: fused Triton kernels for CUDA tensors; the GPU default.
+- ``"aten"``: a custom autograd function of ATen ops; the fallback wherever neither is available.
+- ``"reference"``: the paper's two-``avg_pool2d`` formula, autograd through every op (what the
+  authors' code does); for tests and comparisons.
+
+All but ``"reference"`` keep only (x, logit, output) for backward, accumulate float16/bfloat16 in
+float32, and are overflow- and underflow-free for any logits.
 """
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
-__all__ = ["lip2d", "lip2d_reference", "LIP_IMPLEMENTATIONS"]
+__all__ = ["lip2d", "lip2d_reference", "lip2d_window_softmax", "LIP_IMPLEMENTATIONS"]
 
 
 def lip2d_reference(x, logit, kernel_size=3, stride=2, padding=1):
-    """The paper's formula with two ``avg_pool2d`` calls (the authors' "primitive" version).
+    """The paper's formula with two ``avg_pool2d`` calls, differentiated by autograd.
 
-    The logits are shifted by their per-(sample, channel) maximum first. A constant shift inside
-    a window leaves the result unchanged and keeps exp() from overflowing; logits whose range
-    within one plane spans more than ~80 (float32) can still underflow a whole window to 0/0.
+    The logits are shifted by their per-(sample, channel) maximum first: a constant shift leaves
+    the result unchanged and keeps exp() from overflowing (a window whose logits all lie ~88 below
+    that maximum still underflows to 0/0 in float32).
     """
     shift = logit.detach().amax(dim=(-2, -1), keepdim=True)
     importance = torch.exp(logit - shift)
@@ -27,19 +39,63 @@ def lip2d_reference(x, logit, kernel_size=3, stride=2, padding=1):
     return numerator / denominator
 
 
-# One dispatch point: name -> implementation. "auto" resolves per call (device, dtype).
-LIP_IMPLEMENTATIONS = {"reference": lip2d_reference}
+def lip2d_window_softmax(x, logit, kernel_size=3, stride=2, padding=1):
+    """LIP as an explicit softmax over each window (``unfold``): exact for any logit range, but
+    it materialises kh*kw copies of the input. The exact path for rare degenerate windows."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    # pad logits with -inf so padded cells get weight exactly 0
+    logit = F.pad(logit, (pw, pw, ph, ph), value=float("-inf"))
+    x = F.pad(x, (pw, pw, ph, ph))
+    windows_l = F.unfold(logit, (kh, kw), stride=(sh, sw)).view(n, c, kh * kw, out_h, out_w)
+    windows_x = F.unfold(x, (kh, kw), stride=(sh, sw)).view(n, c, kh * kw, out_h, out_w)
+    return (torch.softmax(windows_l, dim=2) * windows_x).sum(dim=2)
+
+
+def _implementations():
+    from . import lip2d_autograd, lip2d_triton
+
+    return {
+        "cpu": lip2d_autograd.lip2d_cpu,
+        "triton": lip2d_triton.lip2d_triton,
+        "aten": lip2d_autograd.lip2d_aten,
+        "reference": lip2d_reference,
+    }
+
+
+LIP_IMPLEMENTATIONS = ("cpu", "triton", "aten", "reference")
+
+
+def available_implementations(device="cpu"):
+    """The implementations that can run on ``device`` here, best first."""
+    from . import lip2d_autograd, lip2d_triton
+
+    device = torch.device(device)
+    names = []
+    if device.type == "cuda" and lip2d_triton.is_available():
+        names.append("triton")
+    if device.type == "cpu" and lip2d_autograd.cpu_extension_available():
+        names.append("cpu")
+    names += ["aten", "reference"]
+    if device.type == "cpu" and lip2d_triton.interpreting():  # TRITON_INTERPRET=1: tests only
+        names.append("triton")
+    return names
 
 
 def _resolve(impl, x):
     if impl == "auto":
-        return LIP_IMPLEMENTATIONS["reference"]
-    try:
-        return LIP_IMPLEMENTATIONS[impl]
-    except KeyError:
+        impl = available_implementations(x.device)[0]
+    elif impl not in LIP_IMPLEMENTATIONS:
         raise ValueError(
             f"lip2d impl={impl!r} is not valid; choose one of {['auto', *LIP_IMPLEMENTATIONS]}"
-        ) from None
+        )
+    elif impl not in available_implementations(x.device):
+        raise RuntimeError(
+            f"lip2d impl={impl!r} cannot run on {x.device} here; available: "
+            f"{available_implementations(x.device)} (see `python -m lip_det.collect_env`)"
+        )
+    return _implementations()[impl]
 
 
 def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):
@@ -50,11 +106,12 @@ def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):
         logit (Tensor): importance logits, same shape as ``x``; importance = exp(logit).
         kernel_size, stride, padding (int or pair): window geometry, as for ``avg_pool2d``.
             LIP-ResNet uses 3, 2, 1, which gives ceil(H/2) x ceil(W/2).
-        impl (str): "auto" or a key of ``LIP_IMPLEMENTATIONS``.
+        impl (str): "auto" (the fastest available for the tensor's device) or one of
+            ``LIP_IMPLEMENTATIONS``.
 
     Returns:
         Tensor of shape (N, C, H_out, W_out), the same as ``avg_pool2d(x, kernel_size, stride,
-        padding)``.
+        padding)``, in x's dtype.
     """
     if x.shape != logit.shape:
         raise ValueError(
@@ -63,4 +120,17 @@ def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):
         )
     if x.dim() != 4:
         raise ValueError(f"lip2d needs 4-D (N, C, H, W) tensors, got shape {tuple(x.shape)}")
-    return _resolve(impl, x)(x, logit, kernel_size, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ValueError(
+            f"lip2d needs kernel_size >= 1, stride >= 1 and 0 <= padding <= kernel_size // 2, got "
+            f"kernel_size={kernel_size}, stride={stride}, padding={padding}"
+        )
+    h, w = x.shape[-2:]
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(
+            f"lip2d input of size {h}x{w} is smaller than its {kh}x{kw} window (padding {ph}, {pw})"
+        )
+    if logit.dtype != x.dtype:
+        logit = logit.to(x.dtype)
+    return _resolve(impl, x)(x, logit, (kh, kw), (sh, sw), (ph, pw))

@@ -1,11 +1,20 @@
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lip_det
-from lip_det.lip2d import LIP_IMPLEMENTATIONS
+from lip_det import lip2d_autograd, lip2d_triton
+from lip_det.lip2d import available_implementations, lip2d_window_softmax
+
+# every implementation that runs on CPU here ("cpu" when the C++ extension is built)
+CPU_IMPLS = [i for i in available_implementations("cpu") if i != "triton"]
+LEAN_IMPLS = [i for i in CPU_IMPLS if i != "reference"]
 
 
 def _pair(v):
@@ -38,7 +47,7 @@ GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["auto", *LIP_IMPLEMENTATIONS])
+@pytest.mark.parametrize("impl", ["auto", *CPU_IMPLS])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("size", [(7, 9), (8, 6)])
 def test_matches_explicit_windows_in_float64(impl, geometry, size):
@@ -51,7 +60,7 @@ def test_matches_explicit_windows_in_float64(impl, geometry, size):
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", list(LIP_IMPLEMENTATIONS))
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("geometry", [(3, 2, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0))])
 def test_gradcheck_float64(impl, geometry):
     torch.manual_seed(1)
@@ -113,3 +122,133 @@ def test_bad_input_errors():
         lip_det.lip2d(x[0], x[0])
     with pytest.raises(ValueError, match=r"impl='cuda_magic' is not valid; choose one of \['auto'"):
         lip_det.lip2d(x, x, impl="cuda_magic")
+
+
+def test_cpu_extension_is_built_and_the_default():
+    # the Makefile installs with --no-build-isolation, so setup.py builds lip_det._C
+    assert lip2d_autograd.cpu_extension_available(), "lip_det._C missing: reinstall lip_det"
+    assert available_implementations("cpu")[0] == "cpu"
+
+
+def test_auto_falls_back_to_aten_without_the_extension(monkeypatch):
+    monkeypatch.setattr(lip2d_autograd, "_cpu_ext", None)
+    assert available_implementations("cpu")[:2] == ["aten", "reference"]
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(lip_det.lip2d(x, x), lip2d_window_softmax(x, x))
+    with pytest.raises(RuntimeError, match=r"impl='cpu' cannot run on cpu here; available: "):
+        lip_det.lip2d(x, x, impl="cpu")
+
+
+@pytest.mark.parametrize("impl", LEAN_IMPLS)
+def test_backward_keeps_only_inputs_and_output(impl):
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    logit = torch.randn(2, 3, 16, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = lip_det.lip2d(x, logit, impl=impl)
+    assert len(saved) == 3
+    assert {t.data_ptr() for t in saved} == {x.data_ptr(), logit.data_ptr(), out.data_ptr()}
+    # the primitive formula keeps several input-sized tensors instead
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lip_det.lip2d(x, logit, impl="reference")
+    assert sum(t.numel() for t in saved) > 2 * x.numel()
+
+
+@pytest.mark.parametrize("impl", LEAN_IMPLS)
+@pytest.mark.parametrize("geometry", [(3, 2, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0))])
+def test_extreme_logits_are_exact_including_windows_far_below_the_plane_max(impl, geometry):
+    # the left half of each plane sits 110 above the right half: with one shift per plane, the
+    # right half's windows would underflow to 0/0 in float32 (exp(-110) < 1e-45)
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 10, 12)
+    logit = 5 * torch.randn(2, 3, 10, 12)
+    logit[..., :6] += 55
+    logit[..., 6:] -= 55
+    xs, ls = x.clone().requires_grad_(), logit.clone().requires_grad_()
+    out = lip_det.lip2d(xs, ls, *geometry, impl=impl)
+    xd, ld = x.double().requires_grad_(), logit.double().requires_grad_()
+    expected = lip2d_window_softmax(xd, ld, *geometry)
+    grad = torch.randn_like(expected)
+    out.backward(grad.float())
+    expected.backward(grad)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xs.grad.double(), xd.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ls.grad.double(), ld.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", LEAN_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_finite_and_close_for_logits_in_plus_minus_60(impl, dtype):
+    torch.manual_seed(4)
+    x = torch.randn(2, 4, 12, 14).to(dtype)
+    logit = torch.empty(2, 4, 12, 14).uniform_(-60, 60).to(dtype)
+    xs, ls = x.clone().requires_grad_(), logit.clone().requires_grad_()
+    out = lip_det.lip2d(xs, ls, impl=impl)
+    assert out.dtype == dtype
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    xd, ld = x.double().requires_grad_(), logit.double().requires_grad_()
+    expected = lip2d_window_softmax(xd, ld)
+    expected.backward(grad)
+    eps = {torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    for got, want in ((out, expected), (xs.grad, xd.grad), (ls.grad, ld.grad)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, rtol=eps, atol=eps)
+
+
+@pytest.mark.skipif(not lip2d_triton.is_available(), reason="needs CUDA and triton")
+def test_triton_on_cuda_matches_reference():
+    torch.manual_seed(5)
+    x = torch.randn(2, 8, 33, 40, device="cuda")
+    logit = 10 * torch.randn_like(x)
+    xs, ls = x.clone().requires_grad_(), logit.clone().requires_grad_()
+    assert available_implementations("cuda")[0] == "triton"
+    out = lip_det.lip2d(xs, ls)
+    xd, ld = x.double().requires_grad_(), logit.double().requires_grad_()
+    expected = lip2d_window_softmax(xd, ld)
+    grad = torch.randn_like(expected)
+    out.backward(grad.float())
+    expected.backward(grad)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xs.grad.double(), xd.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ls.grad.double(), ld.grad, rtol=1e-4, atol=1e-5)
+
+
+TRITON_INTERPRETER_CHECK = textwrap.dedent(
+    """
+    import torch, lip_det
+    from lip_det.lip2d import lip2d_window_softmax
+    torch.manual_seed(0)
+    worst = 0.0
+    for geometry in [(3, 2, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0))]:
+        x = torch.randn(2, 3, 9, 11)
+        logit = 20 * torch.randn_like(x)
+        xs, ls = x.clone().requires_grad_(), logit.clone().requires_grad_()
+        out = lip_det.lip2d(xs, ls, *geometry, impl="triton")
+        xd, ld = x.double().requires_grad_(), logit.double().requires_grad_()
+        expected = lip2d_window_softmax(xd, ld, *geometry)
+        grad = torch.randn_like(expected)
+        out.backward(grad.float())
+        expected.backward(grad)
+        for got, want in ((out, expected), (xs.grad, xd.grad), (ls.grad, ld.grad)):
+            worst = max(worst, (got.double() - want).abs().max().item())
+    print("max abs error", worst)
+    """
+)
+
+
+@pytest.mark.skipif(lip2d_triton.triton is None, reason="triton is not installed")
+def test_triton_kernels_in_the_interpreter_match_reference():
+    # the GPU kernels, run by Triton's CPU interpreter: checks their indexing and maths here
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run(
+        [sys.executable, "-c", TRITON_INTERPRETER_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    error = float(result.stdout.split("max abs error")[1])
+    assert error < 1e-5
