@@ -375,12 +375,64 @@ def _give_numpy_aliases(module, aliases):
 
 
 # --------------------------------------------------------------------------------------------------
+# detectron2's environment report with the _C stand-in
+
+
+def _fix_env_report_with_stand_in():
+    # detectron2.utils.collect_env.collect_env_info() (logged by default_setup) reports "_C not
+    # built" when `import detectron2._C` fails, but the stand-in makes it succeed, and it then
+    # calls _C.get_compiler_version(), which raises. Hide the stand-in while it runs, so that it
+    # takes its own "not built" path. (Nothing else should import _C during that call.)
+    if not isinstance(sys.modules.get("detectron2._C"), _MissingCExtension):
+        return None
+    users = list(_uses("_C.get_compiler_version", r"\b_C\.get_compiler_version\b"))
+    if not users:
+        return None
+    for name in users:
+        if name in sys.modules:  # too late for modules that imported collect_env_info by name
+            _wrap_collect_env_info(sys.modules[name])
+        else:
+            _on_import(name, _collect_env_without_stand_in)
+    return True, f"{', '.join(users)} calls _C.get_compiler_version() once _C imports", users
+
+
+@contextlib.contextmanager
+def _collect_env_without_stand_in(module):
+    yield
+    _wrap_collect_env_info(module)
+
+
+def _wrap_collect_env_info(module):
+    function = getattr(module, "collect_env_info", None)
+    if callable(function) and not hasattr(function, "__wrapped__"):
+        module.collect_env_info = _without_stand_in(function)
+
+
+def _without_stand_in(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import detectron2
+
+        stand_in = sys.modules.get("detectron2._C")
+        if not isinstance(stand_in, _MissingCExtension):
+            return function(*args, **kwargs)
+        del sys.modules["detectron2._C"]
+        vars(detectron2).pop("_C", None)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            sys.modules["detectron2._C"] = stand_in
+            detectron2._C = stand_in
+
+    return wrapper
+
 
 _FIX_FUNCTIONS = (
     ("missing_c_extension", _fix_missing_c_extension),
     ("pil_image_linear", _fix_pil_linear),
     ("pkg_resources", _fix_pkg_resources),
     ("numpy_aliases", _fix_numpy_aliases),
+    ("env_report_with_stand_in", _fix_env_report_with_stand_in),  # after missing_c_extension
 )
 
 

@@ -22,7 +22,13 @@ import lip_det  # noqa: F401  (applies the fixes)
 from lip_det import compat
 
 REPO = Path(__file__).resolve().parents[1]
-FIX_NAMES = ["missing_c_extension", "pil_image_linear", "pkg_resources", "numpy_aliases"]
+FIX_NAMES = [
+    "missing_c_extension",
+    "pil_image_linear",
+    "pkg_resources",
+    "numpy_aliases",
+    "env_report_with_stand_in",
+]
 
 
 def _fix(name):
@@ -83,6 +89,21 @@ def test_missing_c_extension_stand_in():
     assert not hasattr(_C, "deform_conv_forward")  # still an AttributeError for hasattr()
     with pytest.raises(AttributeError):
         _C.__file__  # noqa: B018
+
+
+def test_detectron2_env_report_with_stand_in():
+    fix = _fix("env_report_with_stand_in")
+    assert fix.active == _fix("missing_c_extension").active
+    if not fix.active:
+        pytest.skip("no _C stand-in")
+    import detectron2
+    from detectron2.engine.defaults import collect_env_info  # what default_setup logs
+
+    stand_in = sys.modules["detectron2._C"]
+    report = collect_env_info()
+    (row,) = [line for line in report.splitlines() if line.startswith("detectron2._C")]
+    assert "not built" in row  # detectron2's own words for a missing extension
+    assert sys.modules["detectron2._C"] is stand_in and detectron2._C is stand_in  # restored
 
 
 # ---- PIL.Image.LINEAR ----------------------------------------------------------------------------
@@ -227,10 +248,20 @@ def test_import_without_detectron2_raises_one_clear_error():
 
 # ---- no-op on an upstream-HEAD-like detectron2 ---------------------------------------------------
 
+# as in detectron2 (v0.6 and HEAD alike)
+_COLLECT_ENV = """
+    def collect_env_info():
+        try:
+            import detectron2._C as _C
+        except ImportError:
+            return "_C not built"
+        return _C.get_compiler_version()
+"""
 _FAKE_TREES = {
     # sources as upstream HEAD has them: compiled _C, none of the removed names
     "head": {
-        "_C.py": "def box_iou_rotated(a, b):\n    return 'compiled'\n",
+        "_C.py": "def get_compiler_version():\n    return 'GCC 12'\n",
+        "utils/collect_env.py": _COLLECT_ENV,
         "data/build.py": """
             import numpy as np
 
@@ -270,6 +301,7 @@ _FAKE_TREES = {
             def config_dir():
                 return pkg_resources.resource_filename("detectron2.model_zoo", "configs")
         """,
+        "utils/collect_env.py": _COLLECT_ENV,
     },
 }
 
@@ -284,7 +316,9 @@ import numpy, detectron2
 from detectron2.data import build
 from detectron2.data.transforms import transform
 from detectron2.model_zoo import model_zoo
+from detectron2.utils.collect_env import collect_env_info
 print(json.dumps({
+    "env_report": collect_env_info(),
     "detectron2": detectron2.__file__,
     "active": [fix.name for fix in fixes if fix.active],
     "has_c_extension": compat.has_c_extension(),
@@ -299,7 +333,7 @@ print(json.dumps({
 
 def _make_fake_detectron2(root, files):
     package = root / "detectron2"
-    for name in ("", "data", "data/transforms", "model_zoo"):
+    for name in ("", "data", "data/transforms", "model_zoo", "utils"):
         (package / name).mkdir(parents=True, exist_ok=True)
         (package / name / "__init__.py").write_text("")
     (package / "__init__.py").write_text('__version__ = "0.0+fake"\n')
@@ -332,10 +366,13 @@ def test_fixes_follow_the_sources_not_the_version(tmp_path, tree):
         assert probe["active"] == []
         assert probe["has_c_extension"] and not probe["hooks_installed"]
         assert probe["numpy_is_plain"]
+        assert probe["env_report"] == "GCC 12"
     else:
         expected = ["missing_c_extension"]
         expected += ["pil_image_linear"] if not hasattr(Image, "LINEAR") else []
         expected += ["pkg_resources"] if importlib.util.find_spec("pkg_resources") is None else []
         expected += ["numpy_aliases"] if not hasattr(np, "int") else []
+        expected += ["env_report_with_stand_in"]
         assert probe["active"] == expected
+        assert probe["env_report"] == "_C not built"
         assert not probe["has_c_extension"]
