@@ -90,6 +90,24 @@ def _torch_rows():
     return rows
 
 
+def _lip2d_rows():
+    """lip_det's own compiled kernels (lip_det._C, optional) and the lip2d implementations."""
+    spec = compat._find_spec("lip_det._C")
+    rows = [("lip_det._C", f"compiled @ {spec.origin}" if spec else "not built")]
+    try:
+        lip2d = importlib.import_module("lip_det.lip2d")  # the package exports a function lip2d
+        available = getattr(lip2d, "available_implementations", None)
+        if available is not None:
+            rows.append(("lip2d on CPU", ", ".join(available("cpu")) + " (best first)"))
+            import torch
+
+            if torch.cuda.is_available():
+                rows.append(("lip2d on CUDA", ", ".join(available("cuda")) + " (best first)"))
+    except Exception as e:  # report, don't crash
+        rows.append(("lip2d", f"fails: {type(e).__name__}: {e}"))
+    return rows
+
+
 def collect_env_info():
     """The environment report as a string (two columns, then the compatibility fixes)."""
     import lip_det
@@ -113,6 +131,7 @@ def collect_env_info():
             missing="not installed (optional; detectron2.utils.visualizer needs it)",
         ),
         ("lip_det", f"{lip_det.__version__} @ {os.path.dirname(lip_det.__file__)}"),
+        *_lip2d_rows(),
     ]
     rows = [row for row in rows if row is not None]
     width = max(len(label) for label, _ in rows)

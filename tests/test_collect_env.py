@@ -1,6 +1,7 @@
 """`python -m lip_det.collect_env` names versions, where detectron2 comes from, and the fixes."""
 
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -53,6 +54,8 @@ def test_collect_env_names_versions_and_active_fixes():
     else:
         assert rows["faster-coco-eval"].startswith(fast + " @ ")
     assert rows["lip_det"] == f"{lip_det.__version__} @ {os.path.dirname(lip_det.__file__)}"
+    spec = importlib.util.find_spec("lip_det._C")  # lip_det's optional compiled kernels
+    assert rows["lip_det._C"] == (f"compiled @ {spec.origin}" if spec else "not built")
 
     # the fixes: the same as in this process (same environment), each with its one-line problem
     lines = fixes.strip().splitlines()
