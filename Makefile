@@ -2,15 +2,16 @@
 #
 # Every target runs in a project virtual environment, .venv (git-ignored), created on first use
 # with the pinned torch/torchvision, detectron2, pycocotools, fvcore, faster-coco-eval, pytest,
-# ruff and lip_det (editable). Later runs reuse it; it is updated when setup.py, tools/install_detectron2.py or the
-# settings below change.
+# ruff and lip_det (editable). Later runs reuse it; it is updated when setup.py, lip_det/csrc,
+# tools/install_detectron2.py or the settings below change.
 #
 # To use an environment you already have (with torch, torchvision and detectron2 installed):
 #     make test PYTHON=/path/to/python
 # installs only lip_det into it (editable, --no-deps), plus pytest/ruff if a target needs them.
 # If that environment already has lip_det from another checkout, make stops rather than re-point
-# it (add REPOINT=1 to re-point it). PYTHON is taken from the make command line only, never from
-# the shell environment.
+# it; REINSTALL=1 installs this checkout anyway (also to rebuild lip_det's C++ kernels after
+# changing lip_det/csrc). PYTHON is taken from the make command line only, never from the shell
+# environment.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -102,7 +103,9 @@ D2_CHANGED = $(filter $(VENV)/.settings tools/install_detectron2.py,$?)
 D2_INSTALL = $(if $(DETECTRON2_SOURCE),--source '$(DETECTRON2_SOURCE)', \
 	$(if $(filter tools/install_detectron2.py,$?),--force))
 
-$(VENV)/.lip_det-installed: setup.py tools/install_detectron2.py $(VENV)/.settings
+# lip_det is reinstalled (its C++ kernels rebuilt) when setup.py or lip_det/csrc change.
+$(VENV)/.lip_det-installed: setup.py $(wildcard lip_det/csrc/*) tools/install_detectron2.py \
+		$(VENV)/.settings
 	@echo "== setting up $(VENV) (torch $(TORCH_VERSION), torchvision $(TORCHVISION_VERSION))"
 	[ -x $(VPY) ] || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install $(PIP_ARGS) --upgrade setuptools
@@ -127,11 +130,11 @@ external-env:
 	@where=$$($(PY) -c 'import sys, os; del sys.path[0]; import importlib.util as u; \
 		s = u.find_spec("lip_det"); \
 		print(os.path.dirname(os.path.dirname(s.origin)) if s and s.origin else "")'); \
-	if [ -n "$$where" ] && [ "$$where" -ef . ]; then exit 0; fi; \
-	if [ -n "$$where" ] && [ -z "$(REPOINT)" ]; then \
+	if [ -z "$(REINSTALL)" ] && [ -n "$$where" ] && [ "$$where" -ef . ]; then exit 0; fi; \
+	if [ -z "$(REINSTALL)" ] && [ -n "$$where" ]; then \
 		echo "error: $(PY) already has lip_det from $$where, not from this checkout." >&2; \
 		echo "Installing this checkout ($(CURDIR)) would re-point that environment for" >&2; \
-		echo "everyone who uses it: add REPOINT=1 to do so anyway, or run make in $$where." >&2; \
+		echo "everyone who uses it: add REINSTALL=1 to do so anyway, or run make in $$where." >&2; \
 		exit 1; \
 	fi; \
 	set -x; $(PY) -m pip install $(PIP_ARGS) --no-deps \
