@@ -217,7 +217,7 @@ def test_fpn_builders():
             r"one of \['simplified', 'projection'\]",
         ),
         ("BLOCK_LOGIT", "Bottleneck", r"MODEL.LIP.BLOCK_LOGIT = 'Bottleneck' is not valid"),
-        ("IMPL", "triton", r"MODEL.LIP.IMPL = 'triton' is not valid; choose one of \['auto', "),
+        ("IMPL", "cuda", r"MODEL.LIP.IMPL = 'cuda' is not valid; choose one of \['auto', "),
         ("BOTTLENECK_WIDTH", 0, r"MODEL.LIP.BOTTLENECK_WIDTH = 0 must be >= 1"),
         ("GATE_COEFF", -1.0, r"MODEL.LIP.GATE_COEFF = -1.0 must be > 0"),
     ],
