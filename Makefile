@@ -1,9 +1,9 @@
 # lip_det developer tasks; `make help` lists them.
 #
 # Every target runs in a project virtual environment, .venv (git-ignored), created on first use
-# with the pinned torch/torchvision, detectron2, pycocotools, fvcore, faster-coco-eval, pytest,
-# ruff and lip_det (editable). Later runs reuse it; it is updated when setup.py, lip_det/csrc,
-# tools/install_detectron2.py or the settings below change.
+# with the pinned torch/torchvision, detectron2, lip_det (editable) and its requirements
+# (pycocotools, fvcore, faster-coco-eval, ...), pytest and ruff. Later runs reuse it; it is
+# updated when setup.py, lip_det/csrc, tools/install_detectron2.py or the settings below change.
 #
 # To use an environment you already have (with torch, torchvision and detectron2 installed):
 #     make test PYTHON=/path/to/python
@@ -26,9 +26,8 @@ TORCHVISION_VERSION ?= 0.29.1
 # Empty: detectron2's v0.6 release code from the package index, pure Python (see
 # tools/install_detectron2.py).
 DETECTRON2_SOURCE ?=
-# Optional packages lip_det uses when present, installed into .venv too (faster-coco-eval: the
-# "fast" COCO evaluation engine when detectron2 has no _C).
-VENV_EXTRA_PACKAGES ?= faster-coco-eval
+# More packages for .venv, e.g. opencv-python-headless for detectron2's Visualizer
+VENV_EXTRA_PACKAGES ?=
 # Python that creates .venv
 BOOTSTRAP_PYTHON ?= python3
 VENV ?= .venv
