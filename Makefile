@@ -46,7 +46,7 @@ PY := $(VENV)/bin/python
 ENV := $(VENV)/.lip_det-installed
 endif
 
-# ---- targets ---------------------------------------------------------------------------------------
+# ---- targets -------------------------------------------------------------------------------------
 .PHONY: help install test lint format demo info clean-venv external-env FORCE
 
 help: ## list the targets and settings
@@ -86,7 +86,7 @@ info: $(ENV) ## print versions and the active detectron2 compatibility fixes
 clean-venv: ## delete .venv
 	rm -rf -- "./$(VENV)"
 
-# ---- the project venv ------------------------------------------------------------------------------
+# ---- the project venv ----------------------------------------------------------------------------
 VPY := $(VENV)/bin/python
 ENV_SETTINGS := $(BOOTSTRAP_PYTHON) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
 	detectron2=$(DETECTRON2_SOURCE) extra=$(VENV_EXTRA_PACKAGES)
@@ -113,7 +113,7 @@ $(VENV)/.lip_det-installed: setup.py $(wildcard lip_det/csrc/*) tools/install_de
 	$(VPY) -m pip install $(PIP_ARGS) --no-build-isolation -e '.[dev]' $(VENV_EXTRA_PACKAGES)
 	touch $@
 
-# ---- an existing environment (PYTHON=...) ----------------------------------------------------------
+# ---- an existing environment (PYTHON=...) --------------------------------------------------------
 # sys.path[0] (the current directory) is dropped so that ./lip_det does not count as installed.
 external-env:
 	@$(PY) -c 'import sys; del sys.path[0]; import importlib.util as u; \
