@@ -39,7 +39,10 @@ def test_snippet_training_step_updates_lip_logit_modules():
     instances = Instances((128, 160))
     instances.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 50.0, 60.0], [70.0, 30.0, 90.0, 44.0]]))
     instances.gt_classes = torch.tensor([0, 1])
-    losses = model([{"image": image, "instances": instances}])
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage():
+        losses = model([{"image": image, "instances": instances}])
     sum(losses.values()).backward()
     head = model.backbone.bottom_up.res3[0].main_lip.logit.conv.weight
     assert torch.isfinite(head.grad).all() and head.grad.abs().sum() > 0
