@@ -37,7 +37,12 @@ from . import compat
 from .collect_env import collect_env_info
 from .config import add_lip_config
 from .data.datasets import check_datasets_exist, register_coco_dataset
-from .evaluation import build_evaluator
+from .evaluation import (
+    SmallObjectCOCOEvaluator,
+    build_evaluator,
+    small_object_settings,
+    write_report,
+)
 
 __all__ = [
     "SetupError",
@@ -346,15 +351,45 @@ class Trainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None)
 
 
+def write_small_object_reports(cfg, evaluators, run_name):
+    """The small-object report (metrics.json, report.md, plots; see lip_det.evaluation) of each
+    evaluated test dataset and task, in OUTPUT_DIR/report/<dataset>[_<task>]/. Reuses the
+    evaluations the evaluators just computed; no second COCOeval pass."""
+    from detectron2.data import MetadataCatalog
+
+    written = []
+    for name, evaluator in zip(cfg.DATASETS.TEST, evaluators):
+        evaluations = getattr(evaluator, "evaluations", {})
+        for task, evaluation in evaluations.items():
+            folder = name if len(evaluations) == 1 else f"{name}_{task}"
+            out_dir = os.path.join(cfg.OUTPUT_DIR, "report", folder)
+            write_report(
+                MetadataCatalog.get(name).json_file,  # (COCOEvaluator writes one if missing)
+                {run_name: evaluation},
+                out_dir,
+                iou_type=task,
+                **small_object_settings(cfg),
+            )
+            written.append(out_dir)
+    return written
+
+
 def _main_yacs(args, cfg):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        results = Trainer.test(cfg, model)
+        evaluators = [Trainer.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
+        results = Trainer.test(cfg, model, evaluators)
         if comm.is_main_process():
             verify_results(cfg, results)
+            reportable = [
+                e if isinstance(e, SmallObjectCOCOEvaluator) else None for e in evaluators
+            ]
+            run_name = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0] or "model"
+            for out_dir in write_small_object_reports(cfg, reportable, run_name):
+                logging.getLogger("detectron2").info(f"Small-object report written to {out_dir}")
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

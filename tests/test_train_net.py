@@ -239,6 +239,15 @@ def test_train_on_cpu_then_eval_only_reproduces_the_final_evaluation(synthetic_c
     )  # fmt: skip
     assert evaluated["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], nan_ok=True)
     assert evaluated["bbox"]["AP50"] == pytest.approx(results["bbox"]["AP50"], nan_ok=True)
+    # --eval-only also writes the small-object report, from the same evaluation
+    report = tmp_path / "eval/report" / SYNTHETIC_VAL
+    assert (report / "report.md").is_file()
+    with open(report / "metrics.json") as f:
+        reported = json.load(f)["model_final"]
+    for key in ("AP", "AP50", "AP[8,16)"):
+        assert (reported[key] if reported[key] is not None else math.nan) == pytest.approx(
+            evaluated["bbox"][key], nan_ok=True
+        ), key
 
 
 def test_lazy_config_trains_through_train_net(synthetic_coco, tmp_path):
