@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""
+Benchmark LIP: the lip2d op against avg_pool2d and the authors' primitive formula, and
+LIP-ResNet-FPN Faster R-CNN against the plain ResNet-FPN one, every ratio measured side by side.
+
+    python tools/benchmark.py --json bench.json            # op + R18/R50 models (several minutes)
+    python tools/benchmark.py --quick --json quick.json    # small shapes, R18 only (tests, CI)
+    python tools/benchmark.py --skip-op --depths 50 --profile   # where LIP-R50's extra time goes
+
+How each number is measured is in lip_det/benchmark.py's docstring.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+
+import torch
+
+import lip_det  # noqa: F401  (first: detectron2 compatibility fixes)
+from lip_det import benchmark
+
+
+def _size(text):
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def _shape(text):
+    return tuple(int(v) for v in text.split(","))
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.strip().split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
+    parser.add_argument("--json", metavar="PATH", help="write the results here")
+    parser.add_argument(
+        "--quick", action="store_true", help="small op shapes, R18 only, tiny images, few rounds"
+    )
+    parser.add_argument(
+        "--shapes", type=_shape, nargs="+", metavar="N,C,H,W",
+        help=f"op-level input shapes (default {benchmark.OP_SHAPES}; --quick: "
+        f"{benchmark.QUICK_OP_SHAPES})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+        help="op-level dtype",
+    )  # fmt: skip
+    parser.add_argument(
+        "--depths", type=int, nargs="+", choices=[18, 34, 50, 101, 152],
+        help="model-level ResNet depths (default 18 50; --quick: 18)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-size", type=_size, metavar="HxW",
+        help=f"train/inference image size (default {'x'.join(map(str, benchmark.IMAGE_SIZE))}; "
+        f"--quick: {'x'.join(map(str, benchmark.QUICK_IMAGE_SIZE))})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flop-sizes", type=_size, nargs="+", metavar="HxW",
+        help="bottom-up FLOP count sizes (default 224x224 800x1333; --quick: 224x224)",
+    )  # fmt: skip
+    parser.add_argument("--op-rounds", type=int, help="interleaved rounds per shape (default 7)")
+    parser.add_argument("--model-rounds", type=int, help="interleaved rounds per model (default 5)")
+    parser.add_argument("--skip-op", action="store_true", help="no op-level benchmark")
+    parser.add_argument("--skip-models", action="store_true", help="no model-level benchmark")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also profile a train step and inference of LIP vs plain, grouped by part",
+    )  # fmt: skip
+    parser.add_argument("--profile-depth", type=int, help="default: the largest of --depths")
+    parser.add_argument("--profile-steps", type=int, default=2, help="profiled calls per model")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    return parser
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available here")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        results = _run(args)
+    finally:  # main() is also called in-process (tests)
+        torch.set_num_threads(threads)
+    results["command"] = shlex.join(["python", "tools/benchmark.py", *(argv or sys.argv[1:])])
+    print()
+    print(benchmark.format_report(results), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return results
+
+
+def _run(args):
+    return benchmark.run_benchmark(
+        device=args.device,
+        quick=args.quick,
+        op_shapes=args.shapes,
+        dtype=getattr(torch, args.dtype),
+        depths=args.depths,
+        image_size=args.image_size,
+        flop_sizes=args.flop_sizes,
+        op_rounds=args.op_rounds,
+        model_rounds=args.model_rounds,
+        profile=args.profile,
+        profile_depth=args.profile_depth,
+        profile_steps=args.profile_steps,
+        skip_op=args.skip_op,
+        skip_models=args.skip_models,
+        log=lambda line: print(line, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()
