@@ -33,9 +33,8 @@ def _shape(text):
 def argument_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.strip().split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument(
         "--quick", action="store_true", help="small op shapes, R18 only, tiny images, few rounds"
@@ -47,7 +46,7 @@ def argument_parser():
     )  # fmt: skip
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
-        help="op-level dtype",
+        help="op-level dtype (default float32)",
     )  # fmt: skip
     parser.add_argument(
         "--depths", type=int, nargs="+", choices=[18, 34, 50, 101, 152],
@@ -71,7 +70,9 @@ def argument_parser():
         help="also profile a train step and inference of LIP vs plain, grouped by part",
     )  # fmt: skip
     parser.add_argument("--profile-depth", type=int, help="default: the largest of --depths")
-    parser.add_argument("--profile-steps", type=int, default=2, help="profiled calls per model")
+    parser.add_argument(
+        "--profile-steps", type=int, default=2, help="profiled calls per model (default 2)"
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     return parser
 
