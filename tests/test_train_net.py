@@ -285,11 +285,16 @@ def test_demo_runs_end_to_end_on_a_tiny_generated_set(tmp_path, capsys):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     data, out = tmp_path / "data", tmp_path / "out"
-    results = demo.main(
-        ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4", "--num-val", "2",
-         "--image-size", "64", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-         "DATALOADER.NUM_WORKERS", "0"]
-    )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        results = demo.main(
+            ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4",
+             "--num-val", "2", "--image-size", "64", "--threads", "1",
+             "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]
+        )  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # a process-wide setting: leave it as the other tests had it
     assert "AP" in results["bbox"]
     with open(data / "train/annotations.json") as f:
         train = json.load(f)
