@@ -32,10 +32,13 @@ def cpu_extension():
             except Exception as e:  # compiler errors come as several exception types
                 print(f"lip_det: building {ext.name} failed ({e}); lip2d falls back to ATen")
 
+    # at::parallel_for is inlined from ATen's headers: without -fopenmp it runs on one thread
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
     ext = CppExtension(
         "lip_det._C",
         ["lip_det/csrc/lip2d_cpu.cpp"],
-        extra_compile_args=["-O3", "-fopenmp-simd"],
+        extra_compile_args=["-O3", *openmp],
+        extra_link_args=openmp if openmp == ["-fopenmp"] else [],
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtensionOrFallBack}}
 
