@@ -11,10 +11,8 @@ launching process, before any model is built or any worker is started:
     run(args)    # check_setup(args) -> launch(main, ...) -> main(args) in every worker
 """
 
-import contextlib
 import logging
 import os
-import sys
 
 import detectron2.utils.comm as comm
 import torch
@@ -33,8 +31,6 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
 
-from . import compat
-from .collect_env import collect_env_info
 from .config import add_lip_config
 from .data.datasets import check_datasets_exist, register_coco_dataset
 from .evaluation import (
@@ -263,35 +259,11 @@ def _load(args):
 # ---- per-process setup ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _environment_report_without_c_extension():
-    """detectron2's default_setup logs detectron2's collect_env_info(), which calls
-    ``_C.get_compiler_version()`` whenever ``from detectron2 import _C`` succeeds, as it does
-    with lip_det.compat's stand-in ``_C``: the call raises and setup dies. While the stand-in is
-    in place, log lip_det's report instead (it says which compatibility fixes are active).
-    TODO: belongs in lip_det.compat (a fix for detectron2.utils.collect_env); remove it here then.
-    """
-    import detectron2.engine.defaults as defaults
-
-    if compat.has_c_extension() or not isinstance(
-        sys.modules.get("detectron2._C"), compat._MissingCExtension
-    ):
-        yield
-        return
-    original = defaults.collect_env_info
-    defaults.collect_env_info = collect_env_info
-    try:
-        yield
-    finally:
-        defaults.collect_env_info = original
-
-
 def setup(args):
     """Config + detectron2's default_setup (logging, output dir, config.yaml, seeding)."""
     register_datasets(args.dataset)
     cfg = _load(args)
-    with _environment_report_without_c_extension():
-        default_setup(cfg, args)
+    default_setup(cfg, args)  # lip_det.compat keeps its environment report working without _C
     return cfg
 
 
