@@ -441,9 +441,7 @@ def backbone_flops(bottom_up, height, width):
     was_training = bottom_up.training
     image = torch.zeros(1, 3, height, width, device=device)
     analysis = FlopCountAnalysis(bottom_up.eval(), image)
-    analysis.set_op_handle(
-        **{f"prim::PythonOp.{name}": handle for name in ("_LIP2dCPU", "_LIP2dATen", "_LIP2dTriton")}
-    )
+    analysis.set_op_handle(**{f"prim::PythonOp.{name}": handle for name in ("LeanLIP2d",)})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings(
         "none"
     )

@@ -14,7 +14,7 @@ their own maximum (``lip2d_window_softmax``), so no logit range overflows or und
 import torch
 import torch.nn.functional as F
 
-__all__ = ["lip2d_aten", "lip2d_cpu", "cpu_extension_available"]
+__all__ = ["LeanLIP2d", "lip2d_aten", "lip2d_cpu", "cpu_extension_available"]
 
 try:
     from lip_det import _C as _cpu_ext
@@ -35,10 +35,18 @@ def _tiny(dtype):
     return 1e-200 if dtype == torch.float64 else 1e-20
 
 
-class _LIP2dATen(torch.autograd.Function):
+class LeanLIP2d(torch.autograd.Function):
+    """lip2d as one autograd node that saves only (x, logit, out).
+
+    ``kernels`` is a pair ``(forward(x, logit, k, s, p) -> out,
+    backward(grad_out, x, logit, out, k, s, p) -> (grad_x, grad_logit))``: the ATen, C++ and
+    Triton implementations differ only in those two functions.
+    """
+
     @staticmethod
-    def forward(ctx, x, logit, kernel_size, stride, padding):
-        out = _aten_forward(x, logit, kernel_size, stride, padding)
+    def forward(ctx, kernels, x, logit, kernel_size, stride, padding):
+        out = kernels[0](x, logit, kernel_size, stride, padding)
+        ctx.kernels = kernels
         ctx.geometry = (kernel_size, stride, padding)
         ctx.save_for_backward(x, logit, out)
         return out
@@ -46,8 +54,8 @@ class _LIP2dATen(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, logit, out = ctx.saved_tensors
-        grad_x, grad_logit = _aten_backward(grad_out, x, logit, out, *ctx.geometry)
-        return grad_x, grad_logit, None, None, None
+        grad_x, grad_logit = ctx.kernels[1](grad_out, x, logit, out, *ctx.geometry)
+        return None, grad_x, grad_logit, None, None, None
 
 
 def _importance_and_den(logit, acc, kernel_size, stride, padding):
@@ -102,24 +110,10 @@ def _aten_backward(grad_out, x, logit, out, kernel_size, stride, padding):
     return grad_x.to(x.dtype), grad_logit.to(logit.dtype)
 
 
-class _LIP2dCPU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, logit, kernel_size, stride, padding):
-        out = _cpu_ext.lip2d_forward(x, logit, kernel_size, stride, padding)
-        ctx.geometry = (kernel_size, stride, padding)
-        ctx.save_for_backward(x, logit, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, logit, out = ctx.saved_tensors
-        grad_x, grad_logit = _cpu_ext.lip2d_backward(grad_out, x, logit, out, *ctx.geometry)
-        return grad_x, grad_logit, None, None, None
-
-
 def lip2d_aten(x, logit, kernel_size, stride, padding):
-    return _LIP2dATen.apply(x, logit, kernel_size, stride, padding)
+    return LeanLIP2d.apply((_aten_forward, _aten_backward), x, logit, kernel_size, stride, padding)
 
 
 def lip2d_cpu(x, logit, kernel_size, stride, padding):
-    return _LIP2dCPU.apply(x, logit, kernel_size, stride, padding)
+    kernels = (_cpu_ext.lip2d_forward, _cpu_ext.lip2d_backward)
+    return LeanLIP2d.apply(kernels, x, logit, kernel_size, stride, padding)

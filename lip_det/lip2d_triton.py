@@ -116,27 +116,23 @@ def _launch_args(x, kernel_size, stride, padding):
     return grid, total, (h, w, out_h, out_w, sh, sw, ph, pw), {"KH": kh, "KW": kw, "BLOCK": BLOCK}
 
 
-class _LIP2dTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, logit, kernel_size, stride, padding):
-        x, logit = x.contiguous(), logit.contiguous()
-        grid, total, sizes, meta = _launch_args(x, kernel_size, stride, padding)
-        out = x.new_empty((x.shape[0], x.shape[1], sizes[2], sizes[3]))
-        _lip2d_forward_kernel[grid](x, logit, out, total, *sizes, **meta)
-        ctx.geometry = (kernel_size, stride, padding)
-        ctx.save_for_backward(x, logit, out)
-        return out
+def _triton_forward(x, logit, kernel_size, stride, padding):
+    x, logit = x.contiguous(), logit.contiguous()
+    grid, total, sizes, meta = _launch_args(x, kernel_size, stride, padding)
+    out = x.new_empty((x.shape[0], x.shape[1], sizes[2], sizes[3]))
+    _lip2d_forward_kernel[grid](x, logit, out, total, *sizes, **meta)
+    return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, logit, out = ctx.saved_tensors
-        grid, total, sizes, meta = _launch_args(x, *ctx.geometry)
-        grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        grad_logit = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        _lip2d_backward_kernel[grid](
-            grad_out.contiguous(), x, logit, out, grad_x, grad_logit, total, *sizes, **meta
-        )
-        return grad_x.to(x.dtype), grad_logit.to(logit.dtype), None, None, None
+
+def _triton_backward(grad_out, x, logit, out, kernel_size, stride, padding):
+    x, logit = x.contiguous(), logit.contiguous()
+    grid, total, sizes, meta = _launch_args(x, kernel_size, stride, padding)
+    grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    grad_logit = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    _lip2d_backward_kernel[grid](
+        grad_out.contiguous(), x, logit, out, grad_x, grad_logit, total, *sizes, **meta
+    )
+    return grad_x.to(x.dtype), grad_logit.to(logit.dtype)
 
 
 def lip2d_triton(x, logit, kernel_size, stride, padding):
@@ -144,4 +140,7 @@ def lip2d_triton(x, logit, kernel_size, stride, padding):
         from .lip2d_autograd import lip2d_aten
 
         return lip2d_aten(x, logit, kernel_size, stride, padding)
-    return _LIP2dTriton.apply(x, logit, kernel_size, stride, padding)
+    from .lip2d_autograd import LeanLIP2d
+
+    kernels = (_triton_forward, _triton_backward)
+    return LeanLIP2d.apply(kernels, x, logit, kernel_size, stride, padding)
