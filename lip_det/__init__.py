@@ -2,8 +2,10 @@
 
 ``import lip_det`` registers the LIP-ResNet backbones in detectron2's BACKBONE_REGISTRY:
 ``build_lip_resnet_backbone``, ``build_lip_resnet_fpn_backbone`` and
-``build_retinanet_lip_resnet_fpn_backbone``. Import it before other detectron2 modules: it first
-applies the detectron2 compatibility fixes of ``lip_det.compat`` (no-ops on upstream detectron2).
+``build_retinanet_lip_resnet_fpn_backbone``, and the synthetic datasets ``lip_synthetic_train``
+and ``lip_synthetic_val`` in DatasetCatalog (generated on first use). Import it before other
+detectron2 modules: it first applies the detectron2 compatibility fixes of ``lip_det.compat``
+(no-ops on upstream detectron2).
 """
 
 from . import compat
@@ -17,6 +19,7 @@ from .backbone import (  # noqa: E402  (registration needs the fixes above)
     build_retinanet_lip_resnet_fpn_backbone,
 )
 from .config import add_lip_config  # noqa: E402
+from .data import builtin as _builtin_datasets  # noqa: E402,F401  (registers lip_synthetic_*)
 from .lip2d import lip2d  # noqa: E402
 from .lip_layer import LIP  # noqa: E402
 

@@ -15,7 +15,7 @@ TRAIN_NET = REPO / "tools" / "train_net.py"
 PYTHON = sys.executable
 
 # Any shipped R-CNN / RetinaNet config becomes seconds of CPU work: 64-96 px images, a few
-# proposals and RoIs, in-process data loading, from scratch, 3 classes (the synthetic shapes).
+# proposals and RoIs, in-process data loading, from scratch, 3 classes (of the synthetic marks).
 TINY_OVERRIDES = [
     "MODEL.DEVICE", "cpu",
     "MODEL.WEIGHTS", "",
@@ -44,7 +44,8 @@ def synthetic_coco(tmp_path_factory):
     """Two tiny generated splits, registered as SYNTHETIC_TRAIN / SYNTHETIC_VAL. Returns
     {split: (json_file, image_root, thing_classes)}."""
     root = tmp_path_factory.mktemp("lip_synthetic")
-    spec = {"height": 96, "width": 96, "min_size": 8, "max_size": 16, "min_objects": 2}
+    spec = {"height": 96, "width": 96, "min_size": 8, "max_size": 32, "min_objects": 2,
+            "classes": ("plain", "dot", "bar")}  # fmt: skip
     splits = {
         "train": generate_synthetic_coco(
             root / "train", SyntheticSpec(num_images=4, seed=0, **spec)

@@ -14,6 +14,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from lip_det.backbone import LIPResNet
+from lip_det.data import MARKS
 from lip_det.engine import load_config
 
 YAML_CONFIGS = sorted(
@@ -54,7 +55,7 @@ def test_the_shipped_config_set():
          for b in ("LIP_", "") for d in (50, 101) for s in ("1x", "3x")]
         + ["COCO-Detection/retinanet_LIP_R_50_FPN_1x.yaml",
            "COCO-InstanceSegmentation/mask_rcnn_LIP_R_50_FPN_1x.yaml",
-           "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml"]
+           "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml", "Demo/faster_rcnn_R_18_FPN_demo.yaml"]
     )  # fmt: skip
     # A new config must be added here on purpose (and so be covered by the tests below).
     assert (CONFIGS / LAZY_CONFIG).is_file()
@@ -84,6 +85,18 @@ def test_lip_and_plain_recipes_differ_only_in_backbone(depth, schedule):
     assert (lip["SOLVER.STEPS"], lip["SOLVER.MAX_ITER"]) == (steps, max_iter)
     assert (lip["SOLVER.IMS_PER_BATCH"], lip["SOLVER.BASE_LR"]) == (16, 0.02)
     assert (lip["MODEL.RESNETS.DEPTH"], lip["MODEL.MASK_ON"]) == (depth, False)
+
+
+def test_demo_twins_differ_only_in_backbone():
+    lip = _flatten(load_config(str(CONFIGS / "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml")))
+    plain = _flatten(load_config(str(CONFIGS / "Demo/faster_rcnn_R_18_FPN_demo.yaml")))
+    assert {k for k in lip if lip[k] != plain[k]} == {"MODEL.BACKBONE.NAME", "OUTPUT_DIR"}
+    assert (lip["MODEL.BACKBONE.NAME"], plain["MODEL.BACKBONE.NAME"]) == (
+        "build_lip_resnet_fpn_backbone",
+        "build_resnet_fpn_backbone",
+    )
+    assert lip["MODEL.ROI_HEADS.NUM_CLASSES"] == len(MARKS)  # the synthetic dataset's classes
+    assert lip["DATASETS.TRAIN"] == ("lip_synthetic_train",)
 
 
 @pytest.mark.parametrize("name", YAML_CONFIGS)

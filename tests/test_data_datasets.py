@@ -83,3 +83,22 @@ def test_check_points_builtin_datasets_at_detectron2_datasets(monkeypatch):
     monkeypatch.delenv("DETECTRON2_DATASETS")
     with pytest.raises(FileNotFoundError, match="is not set, so it defaults to ./datasets"):
         check_datasets_exist(["coco_2017_val"])
+
+
+def test_synthetic_datasets_are_registered_and_generated_on_first_use(tmp_path):
+    from lip_det.data import SYNTHETIC_SPLITS, register_synthetic_dataset
+
+    # lip_det's built-ins, registered on import (generated only when used)
+    for name in ("lip_synthetic_train", "lip_synthetic_val"):
+        assert name in DatasetCatalog.list() and name in SYNTHETIC_SPLITS
+        assert MetadataCatalog.get(name).thing_classes == ["plain", "dot", "bar", "pair"]
+
+    spec = SyntheticSpec(num_images=3, height=48, width=48, max_size=24, seed=2)
+    register_synthetic_dataset("lip_test_synthetic_lazy", tmp_path / "lazy", spec)
+    assert not (tmp_path / "lazy").exists()  # nothing written yet
+    check_datasets_exist(["lip_test_synthetic_lazy"])  # what train_net runs before launch
+    meta = MetadataCatalog.get("lip_test_synthetic_lazy")
+    assert os.path.isfile(meta.json_file) and meta.evaluator_type == "coco"
+    dicts = DatasetCatalog.get("lip_test_synthetic_lazy")
+    assert [d["image_id"] for d in dicts] == [1, 2, 3]
+    assert all(d["file_name"].startswith(meta.image_root) for d in dicts)

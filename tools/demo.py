@@ -1,31 +1,53 @@
 #!/usr/bin/env python
 """
-`make demo`: train and evaluate a small LIP-ResNet-18 FPN Faster R-CNN on the CPU, in minutes.
+`make demo`: a LIP detector and its plain twin trained side by side on small objects, on the CPU.
 
-1. generates (or reuses) a seeded synthetic dataset of small shapes under datasets/lip_synthetic/
-   (lip_det/data/synthetic.py),
-2. registers it and trains configs/Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml from scratch through
-   the same code as tools/train_net.py (lip_det.engine.run),
-3. evaluates COCO AP on the validation split and prints where everything went.
+1. generates (or reuses) the seeded synthetic dataset of lip_det/data/synthetic.py under
+   datasets/lip_synthetic/: tiles on cluttered backgrounds whose class is a small mark, 60 % of
+   the objects under 32 px;
+2. trains configs/Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml (LIP-ResNet-18 FPN Faster R-CNN) and
+   its twin faster_rcnn_R_18_FPN_demo.yaml (plain ResNet-18, same recipe) from scratch, through
+   tools/train_net.py, both at once (one process and one torch thread each: --jobs 1 trains them
+   one after the other); each is evaluated on the validation split when it finishes;
+3. writes the small-object report comparing them (AP per size bucket, plots);
+4. writes importance maps of the LIP model's seven LIP layers for a few validation images
+   (tools/visualize_importance.py);
 
-About 5 minutes on 2 CPU cores shared with other jobs (box AP ~29 after 200 iterations).
+and prints where everything went. About 8 minutes on 2 idle CPU cores; see README.md, "Results".
 
-    python tools/demo.py                                  # the defaults below
-    python tools/demo.py --num-train 32 SOLVER.MAX_ITER 50  # quicker; KEY VALUE go to the config
+    python tools/demo.py                                   # the defaults below
+    python tools/demo.py --num-train 64 SOLVER.MAX_ITER 100  # quicker; KEY VALUE go to both configs
 """
 
 import argparse
 import os
+import re
+import subprocess
 import sys
-
-import torch
+import threading
+import time
 
 import lip_det  # noqa: F401  (first: detectron2 compatibility fixes, backbone registration)
-from lip_det.data import SyntheticSpec, generate_synthetic_coco
-from lip_det.engine import SetupError, argument_parser, run
+from lip_det.data import SYNTHETIC_SPLITS, SyntheticSpec, generate_synthetic_coco, size_fractions
+from lip_det.engine import SetupError
+from lip_det.evaluation import write_report
+from lip_det.evaluation.report import REPORT_FILE
+from lip_det.evaluation.tables import comparison_table
+from lip_det.visualize import visualize_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN, VAL = "lip_synthetic_train", "lip_synthetic_val"  # the names the demo config trains on
+TRAIN, VAL = "lip_demo_train", "lip_demo_val"
+# the defaults: the specs of lip_det's built-in lip_synthetic_train / _val (the same cache)
+TRAIN_SPEC = SYNTHETIC_SPLITS["lip_synthetic_train"][1]
+VAL_SPEC = SYNTHETIC_SPLITS["lip_synthetic_val"][1]
+# (run name, config): the twins, LIP first; the report's reference (for deltas) is the plain one.
+MODELS = (
+    ("LIP-R18", "configs/Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml"),
+    ("R18", "configs/Demo/faster_rcnn_R_18_FPN_demo.yaml"),
+)
+# Lines of a training's output echoed to the terminal (all of it goes to OUTPUT_DIR/train.out):
+# detectron2's ETA lines, the final metrics, and anything that looks like a problem.
+ECHO = re.compile(r"eta: |copypaste: |Traceback|Error|error: ")
 
 
 def get_parser():
@@ -33,75 +55,181 @@ def get_parser():
         description=__doc__.split("\n\n")[0].strip(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file",
-        default=os.path.join(REPO, "configs/Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml"),
-    )
     parser.add_argument("--data-dir", default=os.path.join(REPO, "datasets/lip_synthetic"))
     parser.add_argument("--output-dir", default=os.path.join(REPO, "output/demo"))
-    parser.add_argument("--num-train", type=int, default=96, help="training images")
-    parser.add_argument("--num-val", type=int, default=32, help="validation images")
-    parser.add_argument("--image-size", type=int, default=128, help="square image side, pixels")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
+    parser.add_argument("--num-train", type=int, default=TRAIN_SPEC.num_images)
+    parser.add_argument("--num-val", type=int, default=VAL_SPEC.num_images)
+    parser.add_argument(
+        "--image-size", type=int, default=TRAIN_SPEC.height, help="square image side, pixels"
+    )
+    parser.add_argument("--seed", type=int, default=TRAIN_SPEC.seed, help="training data seed")
+    parser.add_argument("--num-vis", type=int, default=4, help="images with importance maps")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        choices=(1, 2),
+        help="trainings at once (2: both twins in parallel, one core each)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads. 1 by default: on a machine whose cores are shared with other "
-        "jobs, two threads that wait for each other at every op made a step ~4x slower than one "
-        "thread (measured on 2 cores); give --threads 2 on an idle 2-core machine (~1.8x faster)",
+        help="torch CPU threads per training. 1: on 2 cores, two single-threaded trainings side "
+        "by side use the machine best; threads that wait for each other at every op on shared "
+        "cores made a step ~4x slower (measured)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (both models)")
     return parser
 
 
-def main(argv=None):
-    args = get_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    size = args.image_size
+def generate_data(args):
+    """{name: (json_file, image_root)} of the train and val splits, generated if not cached."""
     splits = {}
     for name, split, count, seed in (
         (TRAIN, "train", args.num_train, args.seed),
         # a far-away seed: no validation image repeats a training image of a nearby --seed
-        (VAL, "val", args.num_val, args.seed + 1_000_000),
+        (VAL, "val", args.num_val, args.seed + VAL_SPEC.seed - TRAIN_SPEC.seed),
     ):
-        spec = SyntheticSpec(num_images=count, height=size, width=size, seed=seed)
-        splits[name] = generate_synthetic_coco(os.path.join(args.data_dir, split), spec)
+        spec = SyntheticSpec(
+            num_images=count,
+            height=args.image_size,
+            width=args.image_size,
+            # the largest objects span most of a 128-px image; keep that ratio for other sizes
+            max_size=min(SyntheticSpec.max_size, args.image_size * 7 / 8),
+            seed=seed,
+        )
+        json_file, image_root, _ = generate_synthetic_coco(os.path.join(args.data_dir, split), spec)
+        splits[name] = (json_file, image_root)
+    return splits
 
-    train_args = ["--config-file", args.config_file]
-    for name, (json_file, image_root, _) in splits.items():
-        train_args += ["--dataset", name, json_file, image_root]
-    train_args += [
-        "OUTPUT_DIR", args.output_dir,
-        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
-        "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size),
+
+def _train_command(config, output_dir, splits, args):
+    size = str(args.image_size)
+    command = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", config]
+    for name, (json_file, image_root) in splits.items():
+        command += ["--dataset", name, json_file, image_root]
+    command += [
+        "DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{VAL}',)",
+        "OUTPUT_DIR", output_dir,
+        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size,
+        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
     ]  # fmt: skip
-    train_args += args.opts
-    results = run(argument_parser().parse_args(train_args))
+    return command + list(args.opts)
 
-    out = args.output_dir
-    print("\n== lip_det demo: done")
-    for name, (json_file, image_root, _) in splits.items():
-        print(f"dataset {name:<20} {json_file} (images: {image_root})")
+
+def _echo(run, process, log_path):
+    """Copy a training's output into log_path, echoing the interesting lines with the run name."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        for line in process.stdout:
+            log.write(line)
+            if ECHO.search(line):
+                print(f"[{run:>7}] {line.rstrip()}", flush=True)
+
+
+def train_twins(splits, args):
+    """Train every model of MODELS (--jobs at a time); {run: its OUTPUT_DIR}. Raises
+    RuntimeError naming the failed run and its log."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    pending = list(MODELS)
+    running, out_dirs = [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            run, config = pending.pop(0)
+            out_dir = os.path.join(args.output_dir, run)
+            os.makedirs(out_dir, exist_ok=True)
+            log_path = os.path.join(out_dir, "train.out")
+            print(f"== training {run} ({config}) -> {out_dir}", flush=True)
+            process = subprocess.Popen(
+                _train_command(os.path.join(REPO, config), out_dir, splits, args),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+            echo = threading.Thread(target=_echo, args=(run, process, log_path), daemon=True)
+            echo.start()
+            running.append((run, process, echo, log_path))
+            out_dirs[run] = out_dir
+        time.sleep(1)
+        for item in list(running):
+            run, process, echo, log_path = item
+            if process.poll() is None:
+                continue
+            echo.join()
+            running.remove(item)
+            if process.returncode != 0:
+                for _, other, _, _ in running:
+                    other.terminate()
+                with open(log_path, encoding="utf-8") as f:
+                    tail = "".join(f.readlines()[-15:])
+                raise RuntimeError(
+                    f"training {run} failed (exit status {process.returncode}); its output is in "
+                    f"{log_path}, ending with:\n{tail}"
+                )
+    return out_dirs
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    start = time.time()
+    splits = generate_data(args)
+    val_json, val_images = splits[VAL]
+    fractions = size_fractions(splits[TRAIN][0])
+    print(
+        f"== data: {args.num_train} train / {args.num_val} val images of {args.image_size} px in "
+        f"{args.data_dir}; {fractions[16]:.0%} of the training objects under 16 px, "
+        f"{fractions[32]:.0%} under 32 px",
+        flush=True,
+    )
+
+    out_dirs = train_twins(splits, args)
+
+    results = {
+        run: os.path.join(out_dirs[run], "inference", "coco_instances_results.json")
+        for run, _ in reversed(MODELS)  # the plain twin first: the reference of the deltas
+    }
+    report_dir = os.path.join(args.output_dir, "report")
+    metrics = write_report(val_json, results, report_dir, engine="fast", progress=False)
+    summary = {
+        run: {k: v for k, v in m.items() if not k.startswith("AP-")} for run, m in metrics.items()
+    }
+
+    lip_run, lip_config = MODELS[0]
+    vis_dir = os.path.join(args.output_dir, "importance")
+    images = sorted(os.listdir(val_images))[: args.num_vis]
+    size = str(args.image_size)
+    visualize_images(
+        os.path.join(REPO, lip_config),
+        [os.path.join(val_images, name) for name in images],
+        vis_dir,
+        opts=[
+            "MODEL.WEIGHTS",
+            os.path.join(out_dirs[lip_run], "model_final.pth"),
+            "INPUT.MIN_SIZE_TEST",
+            size,
+            "INPUT.MAX_SIZE_TEST",
+            size,
+        ],  # fmt: skip
+        threads=args.threads,
+    )
+
+    print(f"\n== lip_det demo: done in {(time.time() - start) / 60:.1f} min")
+    print(comparison_table(summary))
     for what, path in (
-        ("config used", "config.yaml"),
-        ("training log", "log.txt"),
-        ("losses per iteration", "metrics.json"),
-        ("trained model", "model_final.pth"),
-        ("detections (COCO json)", "inference/coco_instances_results.json"),
+        ("training data (COCO json)", splits[TRAIN][0]),
+        ("validation data (COCO json)", val_json),
+        *((f"{run} run (log.txt, model_final.pth)", out_dirs[run]) for run, _ in MODELS),
+        ("small-object report", os.path.join(report_dir, REPORT_FILE)),
+        ("importance maps", vis_dir),
     ):
-        path = os.path.join(out, path)
-        print(f"{what:<27} {path}{'' if os.path.exists(path) else '  (not written)'}")
-    bbox = (results or {}).get("bbox", {})
-    if bbox:
-        print("COCO box AP on the validation split: " + ", ".join(
-            f"{k} {bbox[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs") if k in bbox
-        ))  # fmt: skip
-    return results
+        print(f"{what:<40} {path}")
+    return metrics
 
 
 if __name__ == "__main__":
     try:
         main()
-    except SetupError as e:
+    except (SetupError, RuntimeError, ValueError) as e:
         sys.exit(f"error: {e}")

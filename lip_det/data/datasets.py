@@ -12,6 +12,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from .builtin import prepare_builtin_dataset
+
 __all__ = ["register_coco_dataset", "check_datasets_exist"]
 
 # Names registered through register_coco_dataset (anything else came from detectron2's builtins
@@ -65,6 +67,7 @@ def check_datasets_exist(names):
     """
     registered = set(DatasetCatalog.list())
     for name in names:
+        prepare_builtin_dataset(name)  # lip_det's synthetic sets are written on first use
         if name not in registered:
             raise KeyError(
                 f"dataset {name!r} is not registered. Register a COCO-format dataset with "
