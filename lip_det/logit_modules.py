@@ -8,6 +8,7 @@ import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.layers import Conv2d
 from torch import nn
+from torch.nn import functional as F
 
 from .config import LOGIT_MODULES, check_choice
 
@@ -54,7 +55,12 @@ class ConvLogit(nn.Module):
         nn.init.zeros_(self.conv.weight)
 
     def forward(self, x):
-        return self.gate(self.conv(x))
+        z = self.conv(x)
+        if torch.is_grad_enabled() and z.requires_grad:
+            return self.gate(z)
+        # Inference: z is this module's own temporary, so gate it in place (two fewer full-size
+        # tensors to allocate and write per LIP).
+        return torch.sigmoid_(z).mul_(self.gate.coeff)
 
 
 class BottleneckTrunk(nn.Module):
@@ -70,7 +76,7 @@ class BottleneckTrunk(nn.Module):
             weight_init.c2_msra_fill(conv)
 
     def forward(self, x):
-        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return F.relu_(self.conv2(F.relu_(self.conv1(x))))  # in place on the norms' outputs
 
 
 def build_logit_module(kind, in_channels, out_channels, *, gate_coeff=12.0):

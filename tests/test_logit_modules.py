@@ -67,3 +67,21 @@ def test_unknown_logit_module_lists_valid_ones():
         ValueError, match=r"'gaussian'.*\['simplified', 'projection', 'bottleneck'\]"
     ):
         build_logit_module("gaussian", 4, 4)
+
+
+def test_inference_gates_in_place_with_the_same_result():
+    """Without autograd ConvLogit gates its own conv output in place: same values as the training
+    path, and the caller's input is untouched."""
+    torch.manual_seed(0)
+    module = ConvLogit(6, 5, kernel_size=3, gate_coeff=7.0)
+    torch.nn.init.normal_(module.conv.weight)
+    x = torch.randn(2, 6, 9, 11, requires_grad=True)
+    expected = 7.0 * torch.sigmoid(module.conv(x))
+    trained = module(x)
+    assert trained.grad_fn is not None
+    saved = x.detach().clone()
+    with torch.no_grad():
+        inferred = module(x)
+    torch.testing.assert_close(inferred, expected.detach())
+    torch.testing.assert_close(trained.detach(), expected.detach())
+    assert torch.equal(x.detach(), saved)
