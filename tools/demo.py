@@ -192,8 +192,10 @@ def main(argv=None):
     }
     report_dir = os.path.join(args.output_dir, "report")
     metrics = write_report(val_json, results, report_dir, engine="fast", progress=False)
+    # AP overall and per size; the per-category APs and the ARs are in the report
     summary = {
-        run: {k: v for k, v in m.items() if not k.startswith("AP-")} for run, m in metrics.items()
+        run: {k: v for k, v in m.items() if k.startswith("AP") and not k.startswith("AP-")}
+        for run, m in metrics.items()
     }
 
     lip_run, lip_config = MODELS[0]
