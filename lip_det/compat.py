@@ -6,7 +6,8 @@ extension, and that code predates NumPy 2, Pillow 10 and setuptools 81. Every fi
 *problem* (a missing module, a missing attribute, a removed name still used in a detectron2 source
 file), never a version string, so on upstream detectron2 built from source every check comes out
 false and nothing is touched — except the pkg_resources shim, as long as upstream's model_zoo still
-imports pkg_resources and setuptools >= 81 is installed. ``python -m lip_det.collect_env`` prints
+imports pkg_resources and setuptools >= 81 is installed, and the MapDataset fix on Python >= 3.11
+(upstream's MapDataset still samples from a set). ``python -m lip_det.collect_env`` prints
 which fixes are active.
 
 ``apply()`` runs once, when ``lip_det`` is imported, and must run before ``detectron2.layers`` is
@@ -26,6 +27,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import random
 import re
 import sys
 import types
@@ -375,6 +377,63 @@ def _give_numpy_aliases(module, aliases):
 
 
 # --------------------------------------------------------------------------------------------------
+# MapDataset's retry after a mapper returned None: random.sample() of a set
+
+
+class _SetSamplingRandom(random.Random):
+    """random.Random whose sample() takes a set, as it did before Python 3.11 (which now raises
+    TypeError), in sorted order so that the draw is reproducible."""
+
+    def sample(self, population, k, **kwargs):
+        if isinstance(population, (set, frozenset)):
+            population = sorted(population)
+        return super().sample(population, k, **kwargs)
+
+
+class _RandomWithSetSampling(types.ModuleType):
+    """The ``random`` module as a detectron2 module sees it, with _SetSamplingRandom."""
+
+    def __init__(self):
+        super().__init__("random")
+        self.Random = _SetSamplingRandom
+
+    def __getattr__(self, name):
+        return getattr(random, name)
+
+
+def _fix_sample_from_set():
+    # detectron2's MapDataset (v0.6 and HEAD) skips an item whose mapper returned None by drawing
+    # another index with self._rng.sample(<a set>, k=1). Python >= 3.11 refuses sets there, so
+    # the documented way to skip an item (lip_det's mapper, for unreadable images) crashes the
+    # data loader with "TypeError: Population must be a sequence".
+    try:
+        random.Random().sample({0}, 1)
+        return None
+    except TypeError:
+        pass
+    users = list(_uses("_fallback_candidates", r"\.sample\(\s*self\._fallback_candidates\b"))
+    if not users:
+        return None
+    for name in users:
+        if name in sys.modules:
+            _give_set_sampling_random(sys.modules[name])
+        else:
+            _on_import(name, _set_sampling_random)
+    return True, f"{', '.join(users)} call random.sample() on a set (a TypeError since 3.11)", users
+
+
+@contextlib.contextmanager
+def _set_sampling_random(module):
+    yield  # random.Random is looked up when a MapDataset is created
+    _give_set_sampling_random(module)
+
+
+def _give_set_sampling_random(module):
+    if getattr(module, "random", None) is random:
+        module.random = _RandomWithSetSampling()
+
+
+# --------------------------------------------------------------------------------------------------
 # detectron2's environment report with the _C stand-in
 
 
@@ -433,6 +492,7 @@ _FIX_FUNCTIONS = (
     ("pkg_resources", _fix_pkg_resources),
     ("numpy_aliases", _fix_numpy_aliases),
     ("env_report_with_stand_in", _fix_env_report_with_stand_in),  # after missing_c_extension
+    ("map_dataset_sample_from_set", _fix_sample_from_set),
 )
 
 

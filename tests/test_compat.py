@@ -28,6 +28,7 @@ FIX_NAMES = [
     "pkg_resources",
     "numpy_aliases",
     "env_report_with_stand_in",
+    "map_dataset_sample_from_set",
 ]
 
 

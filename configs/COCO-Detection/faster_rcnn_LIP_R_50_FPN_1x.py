@@ -17,7 +17,6 @@ import detectron2.data.transforms as T
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -44,6 +43,7 @@ from omegaconf import OmegaConf
 
 from lip_det.backbone import LIPResNet
 from lip_det.blocks import LIPBottleneckBlock, LIPStem
+from lip_det.data import DatasetMapper  # detectron2's, reading 16-bit images, skipping unreadable
 from lip_det.evaluation import SmallObjectCOCOEvaluator
 
 # ---- backbone: LIP-ResNet-50, the yaml's MODEL.RESNETS / MODEL.LIP defaults --------------------
@@ -216,7 +216,8 @@ train = {
     "output_dir": "./output",
     "init_checkpoint": "weights/LIP-R-50.pkl",
     "max_iter": 90000,
-    "amp": {"enabled": False},
+    # precision: "auto" (float16 on CUDA, bfloat16 on the CPU), "float16" or "bfloat16"
+    "amp": {"enabled": False, "precision": "auto"},
     "ddp": {"broadcast_buffers": False, "find_unused_parameters": False, "fp16_compression": False},
     "checkpointer": {"period": 5000, "max_to_keep": 100},
     "eval_period": 5000,

@@ -10,11 +10,11 @@ Registries are per process, so this runs in every worker, before the data loader
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 
 from .builtin import prepare_builtin_dataset
+from .validation import DatasetError, load_coco_dataset
 
-__all__ = ["register_coco_dataset", "check_datasets_exist"]
+__all__ = ["register_coco_dataset", "check_datasets_exist", "check_datasets_content"]
 
 # Names registered through register_coco_dataset (anything else came from detectron2's builtins
 # or from user code); used to word the error when files are missing.
@@ -24,7 +24,9 @@ _REGISTERED_HERE = set()
 def register_coco_dataset(name, json_file, image_root, thing_classes=None):
     """
     Register a COCO "instances" json + image folder as dataset ``name`` (with
-    ``evaluator_type="coco"`` and the json as ``json_file`` metadata, as COCOEvaluator expects).
+    ``evaluator_type="coco"`` and the json as ``json_file`` metadata, as COCOEvaluator expects),
+    as detectron2's ``register_coco_instances`` does, but loaded by
+    :func:`lip_det.data.validation.load_coco_dataset`, which checks it.
 
     Registering the same name with the same files again is a no-op, so callers do not need to
     know whether this process already did it (the main process checks before ``launch``, which
@@ -41,7 +43,10 @@ def register_coco_dataset(name, json_file, image_root, thing_classes=None):
             f"image_root={meta.get('image_root')!r}; give this one another name"
         )
     metadata = {"thing_classes": list(thing_classes)} if thing_classes else {}
-    register_coco_instances(name, metadata, json_file, image_root)
+    DatasetCatalog.register(name, lambda: load_coco_dataset(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
+    )
     _REGISTERED_HERE.add(name)
 
 
@@ -82,3 +87,23 @@ def check_datasets_exist(names):
             path = meta.get(key)
             if path is not None and "://" not in path and not exists(path):
                 raise FileNotFoundError(_missing_file_message(name, what, path))
+
+
+def check_datasets_content(train_names, test_names=()):
+    """
+    Load the datasets registered by :func:`register_coco_dataset` among the given names with all
+    their checks (see lip_det.data.validation), and make sure each training set has at least one
+    annotated image. Raises DatasetError. Warnings about skipped annotations are left to the
+    loads that follow in the training processes, which log them. Other datasets (detectron2's
+    built-in ones) are not loaded here.
+    """
+    for name in dict.fromkeys([*train_names, *test_names]):  # in order, once each
+        if name not in _REGISTERED_HERE:
+            continue
+        meta = MetadataCatalog.get(name)
+        dicts = load_coco_dataset(meta.json_file, meta.image_root, name, log=False)
+        if name in train_names and not any(record["annotations"] for record in dicts):
+            raise DatasetError(
+                f"{meta.json_file}: none of its {len(dicts)} images has a usable annotation, so "
+                f"dataset {name!r} has nothing to train on"
+            )
