@@ -17,8 +17,7 @@ from detectron2.modeling.backbone.resnet import (
 )
 
 from .blocks import LIPBasicBlock, LIPBottleneckBlock, LIPStem
-from .config import LIP_PLACES, LOGIT_MODULES, STEM_LOGIT_MODULES, check_choice
-from .lip2d import LIP_IMPLEMENTATIONS
+from .config import check_choice, validate_lip_config
 from .lip_layer import LIP
 from .logit_modules import BottleneckTrunk
 
@@ -62,18 +61,9 @@ class LIPResNet(ResNet):
 
 
 def _check_lip_config(cfg):
+    validate_lip_config(cfg)
     lip = cfg.MODEL.LIP
-    for place in lip.PLACES:
-        check_choice(place, LIP_PLACES, "MODEL.LIP.PLACES entry")
-    if "stem" in lip.PLACES:
-        check_choice(lip.STEM_LOGIT, STEM_LOGIT_MODULES, "MODEL.LIP.STEM_LOGIT")
-    check_choice(lip.BLOCK_LOGIT, LOGIT_MODULES, "MODEL.LIP.BLOCK_LOGIT")
-    check_choice(lip.IMPL, ("auto", *LIP_IMPLEMENTATIONS), "MODEL.LIP.IMPL")
     check_choice(cfg.MODEL.RESNETS.DEPTH, tuple(NUM_BLOCKS_PER_STAGE), "MODEL.RESNETS.DEPTH")
-    if lip.BOTTLENECK_WIDTH < 1:
-        raise ValueError(f"MODEL.LIP.BOTTLENECK_WIDTH = {lip.BOTTLENECK_WIDTH} must be >= 1")
-    if lip.GATE_COEFF <= 0:
-        raise ValueError(f"MODEL.LIP.GATE_COEFF = {lip.GATE_COEFF} must be > 0")
     if cfg.MODEL.RESNETS.RES5_DILATION != 1 and any(p.startswith("res5.") for p in lip.PLACES):
         raise ValueError(
             "MODEL.LIP.PLACES has res5 entries but MODEL.RESNETS.RES5_DILATION = "

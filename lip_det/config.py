@@ -1,4 +1,9 @@
+import difflib
+import math
+
 from detectron2.config import CfgNode as CN
+
+from .lip2d import LIP_IMPLEMENTATIONS
 
 # The seven places LIP can replace a stride-2 operation in a ResNet (paper: all seven).
 LIP_PLACES = (
@@ -13,10 +18,12 @@ LIP_PLACES = (
 LOGIT_MODULES = ("simplified", "projection", "bottleneck")
 STEM_LOGIT_MODULES = ("simplified", "projection")
 EVAL_ENGINES = ("official", "fast")
+AMP_PRECISIONS = ("auto", "float16", "bfloat16")
 
 
 def add_lip_config(cfg):
-    """Add the config keys of lip_det (``MODEL.LIP`` and ``TEST.SMALL_OBJECT``) to ``cfg``."""
+    """Add the config keys of lip_det (``MODEL.LIP``, ``TEST.SMALL_OBJECT`` and
+    ``SOLVER.AMP.PRECISION``) to ``cfg``."""
     _C = cfg
 
     _C.MODEL.LIP = CN()
@@ -46,8 +53,39 @@ def add_lip_config(cfg):
     # "official" (pycocotools, paper-comparable) or "fast" (faster-coco-eval / detectron2 _C).
     _C.TEST.SMALL_OBJECT.ENGINE = "official"
 
+    # Training skips an image file that cannot be decoded, with a warning, and stops once more
+    # than this fraction of the images a data-loader process read were unreadable (0: stop at
+    # the first). Evaluation always stops at an unreadable image. See lip_det.data.mapper.
+    _C.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
+
+    # Autocast dtype of SOLVER.AMP.ENABLED (d2go's key): "float16" (CUDA only: detectron2's
+    # AMPTrainer with a GradScaler), "bfloat16" (CPU or CUDA), "auto" = float16 on CUDA, bfloat16
+    # on the CPU.
+    _C.SOLVER.AMP.PRECISION = "auto"
+
 
 def check_choice(value, valid, key):
     """Raise ValueError naming ``key``, ``value`` and the valid choices if value is not valid."""
     if value not in valid:
-        raise ValueError(f"{key} = {value!r} is not valid; choose one of {list(valid)}")
+        message = f"{key} = {value!r} is not valid; choose one of {list(valid)}"
+        close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+        raise ValueError(message + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def validate_lip_config(cfg):
+    """
+    Check the values of ``MODEL.LIP``: a ValueError naming the key, the value and the valid
+    choices. The LIP backbone builders call it, and ``tools/train_net.py`` before anything is
+    built, so that a typo fails in one line instead of when the model is constructed.
+    """
+    lip = cfg.MODEL.LIP
+    for place in lip.PLACES:
+        check_choice(place, LIP_PLACES, "MODEL.LIP.PLACES entry")
+    check_choice(lip.STEM_LOGIT, STEM_LOGIT_MODULES, "MODEL.LIP.STEM_LOGIT")
+    check_choice(lip.BLOCK_LOGIT, LOGIT_MODULES, "MODEL.LIP.BLOCK_LOGIT")
+    check_choice(lip.IMPL, ("auto", *LIP_IMPLEMENTATIONS), "MODEL.LIP.IMPL")
+    if lip.BOTTLENECK_WIDTH < 1:
+        raise ValueError(f"MODEL.LIP.BOTTLENECK_WIDTH = {lip.BOTTLENECK_WIDTH} must be >= 1")
+    # (the importance weights are exp(logit) with logits in (0, GATE_COEFF))
+    if not (math.isfinite(lip.GATE_COEFF) and lip.GATE_COEFF > 0):
+        raise ValueError(f"MODEL.LIP.GATE_COEFF = {lip.GATE_COEFF} must be > 0 and finite")

@@ -40,9 +40,11 @@ __all__ = [
     "TORCHVISION_INPUT",
     "MSRA_INPUT",
     "ConversionError",
+    "UnsafeCheckpointError",
     "Conversion",
     "InputConvention",
     "read_checkpoint",
+    "load_checkpoint_file",
     "detect_source",
     "convert_state_dict",
     "save_d2_checkpoint",
@@ -83,6 +85,11 @@ MSRA_INPUT = InputConvention("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0))
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted. The message is one line that names the file."""
+
+
+class UnsafeCheckpointError(ConversionError):
+    """A checkpoint that holds Python objects besides tensors/arrays, which are not unpickled
+    because that could run arbitrary code."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,7 +143,7 @@ def _torch_load(path):
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise ConversionError(_unreadable(path, e)) from None
-        raise ConversionError(
+        raise UnsafeCheckpointError(
             f"{path}: holds Python objects besides tensors (e.g. a whole pickled model), which are "
             "not unpickled because that could run arbitrary code; save model.state_dict() instead"
         ) from None
@@ -162,7 +169,7 @@ def _pickle_load(path):
         with open(path, "rb") as f:
             return _ArrayUnpickler(f, encoding="latin1").load()
     except _RefusedGlobal as e:
-        raise ConversionError(
+        raise UnsafeCheckpointError(
             f"{path}: holds Python objects besides arrays ({e}), which are not unpickled because "
             "that could run arbitrary code"
         ) from None
@@ -208,6 +215,15 @@ def read_checkpoint(path):
     arrays (caffe2 / Detectron ``.pkl``); unwraps ``{"state_dict": ...}`` and ``{"blobs": ...}`` and
     strips DataParallel's ``module.`` prefix. Anything else raises :class:`ConversionError`.
     """
+    obj, _ = load_checkpoint_file(path)
+    return _unwrap(obj, os.fspath(path))
+
+
+def load_checkpoint_file(path):
+    """``(object, format)`` of a checkpoint file, format "torch" (a torch.save file, read with
+    ``weights_only=True``) or "pickle" (a pickle of numpy arrays, detectron2's ``.pkl``), read
+    without running code from the file. Raises :class:`ConversionError` for anything else, and
+    :class:`UnsafeCheckpointError` for a file that holds other Python objects."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -217,15 +233,13 @@ def read_checkpoint(path):
     if not head:
         raise ConversionError(f"{path}: empty file, expected a checkpoint")
     if head.startswith(_ZIP_HEADER) or head == _LEGACY_TORCH_HEADER:
-        obj = _torch_load(path)
-    elif head.startswith(b"\x80"):  # the PROTO opcode that starts a pickle (protocol >= 2)
-        obj = _pickle_load(path)
-    else:
-        raise ConversionError(
-            f"{path}: not a checkpoint (neither a torch.save file nor a pickle; it starts with "
-            f"{head[:8]!r})"
-        )
-    return _unwrap(obj, path)
+        return _torch_load(path), "torch"
+    if head.startswith(b"\x80"):  # the PROTO opcode that starts a pickle (protocol >= 2)
+        return _pickle_load(path), "pickle"
+    raise ConversionError(
+        f"{path}: not a checkpoint (neither a torch.save file nor a pickle; it starts with "
+        f"{head[:8]!r})"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

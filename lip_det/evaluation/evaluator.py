@@ -136,8 +136,8 @@ class SmallObjectCOCOEvaluator(COCOEvaluator):
 
 
 def small_object_settings(cfg):
-    """The evaluator/report keyword arguments set by ``cfg.TEST.SMALL_OBJECT``, validated:
-    ``dict(bucket_edges=..., max_dets=..., engine=...)``."""
+    """The evaluator/report keyword arguments set by ``cfg.TEST.SMALL_OBJECT``, validated (also
+    against TEST.DETECTIONS_PER_IMAGE): ``dict(bucket_edges=..., max_dets=..., engine=...)``."""
     node = cfg.TEST.SMALL_OBJECT
     check_choice(node.ENGINE, EVAL_ENGINES, "TEST.SMALL_OBJECT.ENGINE")
     try:
@@ -148,6 +148,14 @@ def small_object_settings(cfg):
         max_dets = check_max_dets(node.MAX_DETS)
     except ValueError as e:
         raise ValueError(f"TEST.SMALL_OBJECT.MAX_DETS: {e}") from e
+    if cfg.TEST.DETECTIONS_PER_IMAGE < max_dets[-1]:
+        # COCOeval would happily report AR300 from a model that keeps 100 boxes per image.
+        raise ValueError(
+            f"TEST.SMALL_OBJECT.MAX_DETS ends with {max_dets[-1]}, but TEST.DETECTIONS_PER_IMAGE "
+            f"= {cfg.TEST.DETECTIONS_PER_IMAGE} keeps fewer detections per image, so AP and "
+            f"AR{max_dets[-1]} would not mean what they say. Set TEST.DETECTIONS_PER_IMAGE >= "
+            f"{max_dets[-1]}."
+        )
     return {"bucket_edges": list(buckets.edges), "max_dets": list(max_dets), "engine": node.ENGINE}
 
 
@@ -159,15 +167,6 @@ def build_evaluator(cfg, dataset_name, output_dir=None, *, distributed=True):
     COCOEvaluator alongside it.
     """
     settings = small_object_settings(cfg)
-    max_dets = settings["max_dets"][-1]
-    if cfg.TEST.DETECTIONS_PER_IMAGE < max_dets:
-        # COCOeval would happily report AR300 from a model that keeps 100 boxes per image.
-        raise ValueError(
-            f"TEST.SMALL_OBJECT.MAX_DETS ends with {max_dets}, but TEST.DETECTIONS_PER_IMAGE = "
-            f"{cfg.TEST.DETECTIONS_PER_IMAGE} keeps fewer detections per image, so AP and "
-            f"AR{max_dets} would not mean what they say. Set TEST.DETECTIONS_PER_IMAGE >= "
-            f"{max_dets}."
-        )
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     evaluator = SmallObjectCOCOEvaluator(dataset_name, tasks, distributed, output_dir, **settings)
     if not cfg.MODEL.KEYPOINT_ON:
