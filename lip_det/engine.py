@@ -4,20 +4,31 @@ Training and evaluation: what ``tools/train_net.py`` and ``tools/demo.py`` run.
 The flow is detectron2's ``tools/train_net.py`` (yacs ``.yaml`` configs) and
 ``tools/lazyconfig_train_net.py`` (LazyConfig ``.py`` configs, chosen by the file extension),
 plus the checks a user needs to get one clear message instead of a deep traceback: config key
-typos, missing weights, missing datasets, a CUDA device that is not there. They run once, in the
-launching process, before any model is built or any worker is started:
+typos, missing weights, missing datasets, a CUDA device that is not there, an OUTPUT_DIR that
+already holds a run. They run once, in the launching process, before any model is built or any
+worker is started:
 
     args = argument_parser().parse_args()
     run(args)    # check_setup(args) -> launch(main, ...) -> main(args) in every worker
+
+Beyond detectron2: multi-process training on the CPU (gloo, ``lip_det.launch``), mixed precision
+on the CPU (bfloat16 autocast) and checkpoints that a killed run cannot leave half-written
+(``lip_det.checkpoint``).
 """
 
+import glob
+import hashlib
 import logging
 import os
+import shutil
+import time
+import weakref
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -26,30 +37,38 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import create_ddp_model as detectron2_create_ddp_model
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format, verify_results
+from detectron2.utils.logger import setup_logger
 
-from .config import add_lip_config
-from .data.datasets import check_datasets_exist, register_coco_dataset
+from .checkpoint import AtomicCheckpointer
+from .config import AMP_PRECISIONS, add_lip_config, validate_lip_config
+from .data import DatasetMapper
+from .data.datasets import check_datasets_content, check_datasets_exist, register_coco_dataset
 from .evaluation import (
     SmallObjectCOCOEvaluator,
     build_evaluator,
     small_object_settings,
     write_report,
 )
+from .launch import launch
+from .weights import check_weights_file, model_tensor_shapes
 
 __all__ = [
+    "AutocastTrainer",
     "SetupError",
     "Trainer",
     "argument_parser",
     "check_setup",
+    "create_ddp_model",
     "get_lip_cfg",
     "is_lazy_config",
     "load_config",
     "load_lazy_config",
     "main",
+    "parameter_digest",
     "register_datasets",
     "run",
     "setup",
@@ -68,8 +87,16 @@ class SetupError(Exception):
 
 
 def argument_parser(epilog=None):
-    """detectron2's ``default_argument_parser`` plus a repeatable ``--dataset`` option."""
+    """detectron2's ``default_argument_parser`` plus a repeatable ``--dataset`` option and
+    ``--overwrite``. With ``MODEL.DEVICE cpu``, ``--num-gpus N`` starts N CPU processes."""
     parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train from scratch in an OUTPUT_DIR that holds a previous training run, deleting "
+        "its checkpoints, last_checkpoint, metrics.json, event files, log.txt, inference/ and "
+        "report/ first (without it, or --resume, such a directory is refused)",
+    )
     parser.add_argument(
         "--dataset",
         nargs=3,
@@ -222,13 +249,75 @@ def check_device(device, num_gpus, num_machines):
             )
         if num_gpus > available:
             raise SetupError(f"--num-gpus {num_gpus} but only {available} CUDA device(s) visible")
-    elif num_gpus * num_machines > 1:
-        # detectron2 wraps the model in DistributedDataParallel with device_ids=[local_rank] and
-        # (in v0.6) launches with NCCL: neither works for CPU modules.
+    # On the CPU, --num-gpus N is N processes (lip_det.launch, gloo), as in detectron2's launch.
+
+
+# What detectron2 and lip_det write into OUTPUT_DIR when training (globs). Any of the first three
+# means the directory holds a run; --overwrite deletes all of them.
+RUN_MARKERS = ("last_checkpoint", "model_final.pth", "metrics.json")
+RUN_OUTPUTS = (
+    *RUN_MARKERS,
+    "model_*.pth",
+    "*.pth.tmp",  # left by a run killed while saving (lip_det.checkpoint)
+    "events.out.tfevents.*",
+    "log.txt*",
+    "inference",
+    "report",
+)
+
+
+def check_output_dir(key, output_dir, *, resume=False, eval_only=False, overwrite=False):
+    """Refuse to train into a directory that holds a run unless told what to do with it: its
+    checkpoints would be overwritten and its metrics.json mixed with the new run's.
+    Evaluation only writes inference/ and report/, so it may go anywhere."""
+    if resume and overwrite:
         raise SetupError(
-            f"multi-process training needs CUDA devices (the device is {str(device)!r}); "
-            "use --num-gpus 1 on the CPU"
+            "--resume continues the run in OUTPUT_DIR, --overwrite deletes it: pass one or neither"
         )
+    if resume or overwrite or eval_only:
+        return
+    found = [name for name in RUN_MARKERS if os.path.isfile(os.path.join(output_dir, name))]
+    if found:
+        raise SetupError(
+            f"{key} = {output_dir!r} already holds a training run ({', '.join(found)}); pass "
+            f"--resume to continue it, --overwrite to delete it and start over, or set {key} to "
+            "a new directory"
+        )
+
+
+def delete_previous_run(output_dir):
+    """Delete what a training run wrote into output_dir (RUN_OUTPUTS), nothing else."""
+    for pattern in RUN_OUTPUTS:
+        for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
+def amp_dtype(device, precision, key="SOLVER.AMP.PRECISION"):
+    """The autocast dtype of mixed-precision training on ``device`` (see SOLVER.AMP.PRECISION)."""
+    if precision not in AMP_PRECISIONS:
+        raise SetupError(
+            f"{key} = {precision!r} is not valid; choose one of {list(AMP_PRECISIONS)}"
+        )
+    device_type = torch.device(device).type
+    if precision == "auto":
+        precision = "float16" if device_type == "cuda" else "bfloat16"
+    if precision == "float16" and device_type != "cuda":
+        raise SetupError(
+            f"{key} = 'float16' needs a CUDA device (the device is {str(device)!r}); use "
+            "'bfloat16' (or 'auto') on the CPU"
+        )
+    return getattr(torch, precision)
+
+
+def _amp_settings(cfg):
+    """(enabled, precision, precision key) of either kind of config."""
+    if not is_lazy_config_object(cfg):
+        return cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION, "SOLVER.AMP.PRECISION"
+    amp = cfg.train.get("amp", {})
+    return amp.get("enabled", False), amp.get("precision", "auto"), "train.amp.precision"
 
 
 def check_setup(args):
@@ -241,14 +330,39 @@ def check_setup(args):
     cfg = _load(args)
     key, weights, device, output_dir, train_names, test_names = _run_settings(cfg)
     check_device(device, args.num_gpus, args.num_machines)
+    amp_enabled, precision, precision_key = _amp_settings(cfg)
+    if amp_enabled:
+        amp_dtype(device, precision, precision_key)
+    check_output_dir(
+        "train.output_dir" if is_lazy_config_object(cfg) else "OUTPUT_DIR",
+        output_dir,
+        resume=args.resume,
+        eval_only=args.eval_only,
+        overwrite=getattr(args, "overwrite", False),
+    )
     check_weights(key, weights, output_dir, resume=args.resume, eval_only=args.eval_only)
+    resuming = args.resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
     try:
+        check_model(cfg, key, "" if resuming else weights, eval_only=args.eval_only)
         check_datasets_exist(test_names if args.eval_only else train_names + test_names)
+        check_datasets_content([] if args.eval_only else train_names, test_names)
     except KeyError as e:
         raise SetupError(e.args[0]) from e
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: lip_det's config/weights/data checks
         raise SetupError(str(e)) from e
     return cfg
+
+
+def check_model(cfg, key, weights, *, eval_only=False):
+    """The values of lip_det's config keys, that the model can be built (on the meta device),
+    and that a local weights file fits it (lip_det.weights). Raises ValueError."""
+    if not is_lazy_config_object(cfg):
+        validate_lip_config(cfg)
+        if cfg.DATASETS.TEST:  # the evaluator's settings
+            small_object_settings(cfg)
+    expected = model_tensor_shapes(cfg)
+    if expected is not None and weights and "://" not in weights and os.path.isfile(weights):
+        check_weights_file(weights, expected, key=key, eval_only=eval_only)
 
 
 def _load(args):
@@ -264,6 +378,8 @@ def setup(args):
     register_datasets(args.dataset)
     cfg = _load(args)
     default_setup(cfg, args)  # lip_det.compat keeps its environment report working without _C
+    # lip_det's own messages (e.g. the dataset checks' counts) into the same log
+    setup_logger(_run_settings(cfg)[3], distributed_rank=comm.get_rank(), name="lip_det")
     return cfg
 
 
@@ -296,8 +412,115 @@ def check_num_classes(cfg, dataset_names):
             )
 
 
+# ---- training steps, DDP, rank check (both kinds of config) ------------------------------------
+
+
+class AutocastTrainer(SimpleTrainer):
+    """SimpleTrainer with the forward pass under ``torch.autocast(device_type, dtype)``: mixed
+    precision where detectron2's AMPTrainer (CUDA float16 only) does not go, e.g. bfloat16 on the
+    CPU. bfloat16 has float32's exponent range, so no GradScaler is needed."""
+
+    def __init__(self, model, data_loader, optimizer, *, device_type, dtype=torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def run_step(self):
+        # SimpleTrainer.run_step with autocast around the forward pass only, as AMPTrainer does
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                loss_dict = {"total_loss": loss_dict}
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def build_train_step(model, data_loader, optimizer, *, device, amp=False, precision="auto"):
+    """The trainer that runs one iteration: SimpleTrainer; with ``amp``, detectron2's AMPTrainer
+    for float16 on CUDA (GradScaler included), AutocastTrainer for bfloat16 (CPU or CUDA)."""
+    if not amp:
+        return SimpleTrainer(model, data_loader, optimizer)
+    dtype = amp_dtype(device, precision)
+    if dtype == torch.float16:
+        return AMPTrainer(model, data_loader, optimizer)
+    return AutocastTrainer(
+        model, data_loader, optimizer, device_type=torch.device(device).type, dtype=dtype
+    )
+
+
+def create_ddp_model(model, **kwargs):
+    """detectron2's ``create_ddp_model``, which gives DistributedDataParallel
+    ``device_ids=[local rank]``: right for a model on one GPU, refused by DDP for a CPU model,
+    which needs ``device_ids=None``."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return detectron2_create_ddp_model(model, **kwargs)
+
+
+def parameter_digest(named_tensors):
+    """SHA-256 of ``(name, tensor)`` pairs, in name order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_ranks_in_sync(model):
+    """After multi-process training, log whether every process ends with the same parameters
+    (DDP keeps them equal; a difference means the processes trained different models). Buffers
+    are left out: with broadcast_buffers=False, BatchNorm statistics are per process. Returns
+    the digests of all ranks."""
+    model = getattr(model, "module", model)  # DDP
+    digests = comm.all_gather(parameter_digest(model.named_parameters()))
+    logger = logging.getLogger("detectron2")
+    if len(set(digests)) == 1:
+        logger.info(f"Parameters identical in all {len(digests)} processes: sha256 {digests[0]}")
+    else:
+        logger.warning(
+            "Parameters differ between processes: "
+            + ", ".join(f"rank {rank} sha256 {d}" for rank, d in enumerate(digests))
+        )
+    return digests
+
+
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with lip_det's evaluator and a class-count check."""
+    """detectron2's DefaultTrainer with lip_det's evaluator and a class-count check, DDP and
+    mixed precision on the CPU, and crash-safe checkpoints."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ (the same in v0.6 and later) with lip_det's DDP wrapper,
+        # training step and checkpointer in place of detectron2's.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # setup_logger is not called for d2
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        # Assume these objects must be constructed in this order.
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = build_train_step(
+            model,
+            data_loader,
+            optimizer,
+            device=cfg.MODEL.DEVICE,
+            amp=cfg.SOLVER.AMP.ENABLED,
+            precision=cfg.SOLVER.AMP.PRECISION,
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -307,19 +530,23 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = super().build_train_loader(cfg)  # loads the json: thing_classes now known
+        # loads the json (thing_classes now known); reads images with lip_det's DatasetMapper
+        loader = build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        loader = super().build_test_loader(cfg, dataset_name)
+        mapper = DatasetMapper(cfg, is_train=False)
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
         check_num_classes(cfg, [dataset_name])
         return loader
 
     def train(self):
         # v0.6 returns the final evaluation only when TEST.EXPECTED_RESULTS is set.
         super().train()
+        if comm.get_world_size() > 1:
+            check_ranks_in_sync(self.model)
         return getattr(self, "_last_eval_results", None)
 
 
@@ -394,10 +621,16 @@ def _main_lazy(args, cfg):
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
-        model, train_loader, optimizer
+    amp_enabled, precision, _ = _amp_settings(cfg)
+    trainer = build_train_step(
+        model,
+        train_loader,
+        optimizer,
+        device=cfg.train.device,
+        amp=amp_enabled,
+        precision=precision,
     )
-    checkpointer = DetectionCheckpointer(
+    checkpointer = AtomicCheckpointer(
         model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer
     )
     results = {}
@@ -427,6 +660,8 @@ def _main_lazy(args, cfg):
     # A checkpoint stores the iteration that just finished: resume at the next one.
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
+    if comm.get_world_size() > 1:
+        check_ranks_in_sync(model)
     return results.get("last")
 
 
@@ -444,9 +679,13 @@ def main(args):
 
 
 def run(args):
-    """Check the setup (raises SetupError), then run ``main`` in one process per GPU through
-    detectron2's ``launch``. Returns main's results when it runs in this process."""
-    check_setup(args)
+    """Check the setup (raises SetupError), delete the previous run with ``--overwrite``, then
+    run ``main`` in ``--num-gpus`` processes per machine (on the CPU: CPU processes) through
+    ``lip_det.launch``. Returns main's results when it runs in this process."""
+    cfg = check_setup(args)
+    _, _, device, output_dir, _, _ = _run_settings(cfg)
+    if getattr(args, "overwrite", False) and not args.eval_only and args.machine_rank == 0:
+        delete_previous_run(output_dir)
     if args.num_gpus * args.num_machines == 1:
         return main(args)  # what launch() does for one process, but keeping the return value
     launch(
@@ -456,5 +695,6 @@ def run(args):
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        device=device,
     )
     return None

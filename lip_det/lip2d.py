@@ -111,7 +111,9 @@ def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):
 
     Returns:
         Tensor of shape (N, C, H_out, W_out), the same as ``avg_pool2d(x, kernel_size, stride,
-        padding)``, in x's dtype.
+        padding)``, in x's dtype. Logits of another dtype are not rounded to x's: both are
+        computed in the wider of the two (float32 logits with bfloat16 x, as SoftGate gives
+        under autocast).
     """
     if x.shape != logit.shape:
         raise ValueError(
@@ -131,6 +133,13 @@ def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):
         raise ValueError(
             f"lip2d input of size {h}x{w} is smaller than its {kh}x{kw} window (padding {ph}, {pw})"
         )
+    pool = _resolve(impl, x)
     if logit.dtype != x.dtype:
-        logit = logit.to(x.dtype)
-    return _resolve(impl, x)(x, logit, (kh, kw), (sh, sw), (ph, pw))
+        # Mixed dtypes come from autocast (bfloat16 features, float32 logits): rounding the
+        # logits would put their rounding error on every weight exp(logit), so pool in the wider
+        # dtype (the kernels accumulate in float32 anyway) and return x's, so that a model's
+        # dtypes are those it would have without LIP.
+        dtype = torch.promote_types(x.dtype, logit.dtype)
+        out = pool(x.to(dtype), logit.to(dtype), (kh, kw), (sh, sw), (ph, pw))
+        return out.to(x.dtype)
+    return pool(x, logit, (kh, kw), (sh, sw), (ph, pw))

@@ -1,6 +1,7 @@
 """tools/train_net.py and lip_det.engine: one clear error for each setup mistake, training and
 --eval-only on CPU for yacs and LazyConfig configs."""
 
+import glob
 import json
 import math
 import os
@@ -19,7 +20,16 @@ from conftest import (
 )
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from lip_det.engine import SetupError, argument_parser, check_setup, run
+from lip_det.engine import (
+    SetupError,
+    Trainer,
+    argument_parser,
+    check_output_dir,
+    check_setup,
+    load_config,
+    parameter_digest,
+    run,
+)
 
 LIP_R50 = str(CONFIGS / "COCO-Detection/faster_rcnn_LIP_R_50_FPN_1x.yaml")
 LIP_R50_LAZY = str(CONFIGS / "COCO-Detection/faster_rcnn_LIP_R_50_FPN_1x.py")
@@ -173,12 +183,76 @@ def test_cuda_device_without_gpu_says_how_to_use_the_cpu(synthetic_coco):
     assert "MODEL.DEVICE cpu" in message
 
 
-def test_multi_process_on_cpu_is_refused_before_launch(synthetic_coco):
-    message = _setup_error("--config-file", DEMO, "--num-gpus", "2", *ON_SYNTHETIC)
-    assert message == (
-        "multi-process training needs CUDA devices (the device is 'cpu'); "
-        "use --num-gpus 1 on the CPU"
+def test_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(synthetic_coco, tmp_path):
+    common = ["--config-file", DEMO, *TINY_OVERRIDES, *ON_SYNTHETIC, "OUTPUT_DIR", tmp_path]
+    (tmp_path / "log.txt").write_text("")  # a run that died before writing anything is no run
+    check_setup(_args(*common))
+    for marker in ("metrics.json", "last_checkpoint", "model_final.pth"):
+        (tmp_path / marker).write_text("")
+        assert _setup_error(*common) == (
+            f"OUTPUT_DIR = '{tmp_path}' already holds a training run ({marker}); pass --resume "
+            "to continue it, --overwrite to delete it and start over, or set OUTPUT_DIR to a new "
+            "directory"
+        )
+        (tmp_path / marker).unlink()
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    (tmp_path / "model_final.pth").write_text("")
+    for flag in ("--resume", "--overwrite"):
+        check_setup(_args(flag, *common))
+    check_output_dir("OUTPUT_DIR", str(tmp_path), eval_only=True)  # writes inference/ only
+    assert _setup_error("--resume", "--overwrite", *common) == (
+        "--resume continues the run in OUTPUT_DIR, --overwrite deletes it: pass one or neither"
     )
+    message = _setup_error("--config-file", LIP_R50_LAZY, "train.device=cpu",
+                           "train.init_checkpoint=", f"train.output_dir={tmp_path}")  # fmt: skip
+    assert message.startswith(f"train.output_dir = '{tmp_path}' already holds a training run (")
+
+
+def test_overwrite_deletes_the_previous_run_and_nothing_else(synthetic_coco, tmp_path):
+    previous = ["last_checkpoint", "model_0000004.pth", "model_final.pth", "model_0000009.pth.tmp",
+                "metrics.json", "events.out.tfevents.1.vm.1.0", "log.txt", "log.txt.rank1",
+                "inference/coco_instances_results.json", "report/val/report.md"]  # fmt: skip
+    for name in [*previous, "notes.txt", "data/train.json"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("previous")
+    run(_args("--overwrite", "--config-file", DEMO, *TINY_OVERRIDES, *ON_SYNTHETIC,
+              "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", tmp_path))  # fmt: skip
+    assert (tmp_path / "notes.txt").read_text() == "previous"
+    assert (tmp_path / "data/train.json").read_text() == "previous"
+    assert sorted(f for f in os.listdir(tmp_path) if not f.startswith("events.out.")) == [
+        "config.yaml", "data", "last_checkpoint", "log.txt", "metrics.json", "model_final.pth",
+        "notes.txt",
+    ]  # fmt: skip
+    assert len(glob.glob(str(tmp_path / "events.out.*"))) == 1
+    assert not (tmp_path / "log.txt").read_text().startswith("previous")
+    assert [m["iteration"] for m in _metrics(tmp_path)] == [0]  # the new run's only
+
+
+def test_two_cpu_processes_train_over_gloo_and_end_with_identical_weights(synthetic_coco, tmp_path):
+    """--num-gpus 2 with MODEL.DEVICE cpu: two processes (lip_det.launch, gloo) train 3
+    iterations with DistributedDataParallel and evaluate; both log the SHA-256 of their final
+    parameters, and it is that of rank 0's model_final.pth."""
+    (train_json, train_images, _), (val_json, val_images, _) = synthetic_coco.values()
+    config = [*TINY_OVERRIDES, *ON_SYNTHETIC, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", tmp_path]
+    result = _train_net(
+        "--config-file", DEMO, "--num-gpus", "2", "--dist-url", "auto",
+        "--dataset", SYNTHETIC_TRAIN, train_json, train_images,
+        "--dataset", SYNTHETIC_VAL, val_json, val_images, *config,
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = []
+    for log in ("log.txt", "log.txt.rank1"):
+        text = (tmp_path / log).read_text()
+        assert "Parameters identical in all 2 processes: sha256 " in text, log
+        digests.append(text.split("Parameters identical in all 2 processes: sha256 ")[1][:64])
+    assert digests[0] == digests[1]
+    final = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 2
+    model = Trainer.build_model(load_config(DEMO, [str(a) for a in config]))
+    names = [name for name, _ in model.named_parameters()]
+    assert parameter_digest((name, final["model"][name]) for name in names) == digests[0]
+    assert "AP" in (tmp_path / "log.txt").read_text()  # evaluated by both processes
 
 
 def test_lazy_config_override_typo_is_a_setup_error():
