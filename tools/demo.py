@@ -56,7 +56,12 @@ def get_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-dir", default=os.path.join(REPO, "datasets/lip_synthetic"))
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "output/demo"))
+    parser.add_argument(
+        "--output-dir",
+        default=os.path.join(REPO, "output/demo"),
+        help="where the runs, report and importance maps go; the demo's runs in it "
+        "(OUTPUT_DIR/LIP-R18, OUTPUT_DIR/R18) are retrained from scratch on every call",
+    )
     parser.add_argument("--num-train", type=int, default=TRAIN_SPEC.num_images)
     parser.add_argument("--num-val", type=int, default=VAL_SPEC.num_images)
     parser.add_argument(
@@ -107,6 +112,8 @@ def generate_data(args):
 def _train_command(config, output_dir, splits, args):
     size = str(args.image_size)
     command = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", config]
+    # The demo owns its output folders: a second `make demo` retrains from scratch in place.
+    command.append("--overwrite")
     for name, (json_file, image_root) in splits.items():
         command += ["--dataset", name, json_file, image_root]
     command += [
