@@ -45,11 +45,13 @@ def test_demo_trains_the_twins_then_writes_the_report_and_importance_maps(tmp_pa
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     data, out = tmp_path / "data", tmp_path / "out"
-    metrics = demo.main(
-        ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4",
-         "--num-val", "2", "--image-size", "64", "--num-vis", "2",
-         "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]
-    )  # fmt: skip
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4",
+            "--num-val", "2", "--image-size", "64", "--num-vis", "2",
+            "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2"]  # fmt: skip
+    demo.main(argv)
+    # A second demo retrains in the same folders (train_net refuses a finished run without
+    # --overwrite); the metrics below must hold one run's rows, not two runs' mixed.
+    metrics = demo.main(argv)
     assert list(metrics) == ["R18", "LIP-R18"]  # the plain twin is the reference of the deltas
     assert all("AP" in m and "AP[8,16)" in m for m in metrics.values())
     with open(data / "train/annotations.json") as f:
