@@ -231,6 +231,22 @@ def _on_import(module_name, hook):
     _module_hooks.hooks.setdefault(module_name, []).append(hook)
 
 
+def _patch_modules(module_names, patch):
+    """Call ``patch(module)`` for each module: now if it is already imported, else right after
+    its import (for fixes of names that the module only uses inside its functions)."""
+    for name in module_names:
+        if name in sys.modules:
+            patch(sys.modules[name])
+        else:
+            _on_import(name, functools.partial(_patch_after_import, patch=patch))
+
+
+@contextlib.contextmanager
+def _patch_after_import(module, patch):
+    yield
+    patch(module)
+
+
 # --------------------------------------------------------------------------------------------------
 # PIL.Image.LINEAR
 
@@ -352,20 +368,10 @@ def _fix_numpy_aliases():
             used_names |= set(used) & set(missing)
     if not users:
         return None
-    hook = functools.partial(_numpy_alias_proxy, aliases=missing)
-    for name in users:
-        if name in sys.modules:
-            _give_numpy_aliases(sys.modules[name], missing)
-        else:
-            _on_import(name, hook)
+    # the aliases are used inside functions, so patching after execution is enough
+    _patch_modules(users, functools.partial(_give_numpy_aliases, aliases=missing))
     names = "/".join(f"np.{n}" for n in sorted(used_names))
     return True, f"{names} (gone in NumPy 1.24) used by {', '.join(users)}", users
-
-
-@contextlib.contextmanager
-def _numpy_alias_proxy(module, aliases):
-    yield  # the aliases are used inside functions, so patching after execution is enough
-    _give_numpy_aliases(module, aliases)
 
 
 def _give_numpy_aliases(module, aliases):
@@ -414,18 +420,8 @@ def _fix_sample_from_set():
     users = list(_uses("_fallback_candidates", r"\.sample\(\s*self\._fallback_candidates\b"))
     if not users:
         return None
-    for name in users:
-        if name in sys.modules:
-            _give_set_sampling_random(sys.modules[name])
-        else:
-            _on_import(name, _set_sampling_random)
+    _patch_modules(users, _give_set_sampling_random)  # random.Random is looked up per MapDataset
     return True, f"{', '.join(users)} call random.sample() on a set (a TypeError since 3.11)", users
-
-
-@contextlib.contextmanager
-def _set_sampling_random(module):
-    yield  # random.Random is looked up when a MapDataset is created
-    _give_set_sampling_random(module)
 
 
 def _give_set_sampling_random(module):
@@ -447,18 +443,9 @@ def _fix_env_report_with_stand_in():
     users = list(_uses("_C.get_compiler_version", r"\b_C\.get_compiler_version\b"))
     if not users:
         return None
-    for name in users:
-        if name in sys.modules:  # too late for modules that imported collect_env_info by name
-            _wrap_collect_env_info(sys.modules[name])
-        else:
-            _on_import(name, _collect_env_without_stand_in)
+    # (too late for modules that already imported collect_env_info by name)
+    _patch_modules(users, _wrap_collect_env_info)
     return True, f"{', '.join(users)} calls _C.get_compiler_version() once _C imports", users
-
-
-@contextlib.contextmanager
-def _collect_env_without_stand_in(module):
-    yield
-    _wrap_collect_env_info(module)
 
 
 def _wrap_collect_env_info(module):

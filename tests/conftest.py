@@ -1,5 +1,5 @@
-"""Fixtures shared by the config, training and data tests: a tiny synthetic COCO dataset on disk
-and the overrides that shrink any shipped config to a CPU smoke test."""
+"""Fixtures shared by the config, training and data tests: a tiny synthetic COCO dataset on disk,
+the overrides that shrink any shipped config to a CPU smoke test, and a LIP backbone config."""
 
 import sys
 from pathlib import Path
@@ -8,6 +8,7 @@ import pytest
 
 import lip_det  # noqa: F401  (compat fixes and backbone registration before detectron2 imports)
 from lip_det.data import SyntheticSpec, generate_synthetic_coco, register_coco_dataset
+from lip_det.engine import get_lip_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -34,6 +35,22 @@ TINY_OVERRIDES = [
     "SOLVER.IMS_PER_BATCH", "2",
     "DATALOADER.NUM_WORKERS", "0",
 ]  # fmt: skip
+
+
+def lip_cfg(depth=50, name="build_lip_resnet_backbone", norm="BN", **lip):
+    """A config for a LIP backbone builder: all four stages out, nothing frozen, MODEL.LIP keys
+    from ``lip``."""
+    cfg = get_lip_cfg()
+    cfg.MODEL.BACKBONE.NAME = name
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
+    for key, value in lip.items():
+        cfg.MODEL.LIP[key] = value
+    return cfg
+
 
 SYNTHETIC_TRAIN = "lip_test_synthetic_train"
 SYNTHETIC_VAL = "lip_test_synthetic_val"

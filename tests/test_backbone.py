@@ -1,6 +1,6 @@
 import pytest
 import torch
-from detectron2.config import get_cfg
+from conftest import lip_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
@@ -8,20 +8,6 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 import lip_det
 from lip_det.blocks import LIPBasicBlock, LIPBottleneckBlock, LIPStem
 from lip_det.logit_modules import BottleneckTrunk, ConvLogit
-
-
-def lip_cfg(depth=50, name="build_lip_resnet_backbone", **lip):
-    cfg = get_cfg()
-    lip_det.add_lip_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = name
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
-    for key, value in lip.items():
-        cfg.MODEL.LIP[key] = value
-    return cfg
 
 
 def n_params(module):

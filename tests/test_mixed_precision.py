@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, SYNTHETIC_TRAIN, TINY_OVERRIDES
-from detectron2.config import get_cfg
+from conftest import CONFIGS, SYNTHETIC_TRAIN, TINY_OVERRIDES, lip_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
@@ -59,14 +58,7 @@ def test_logits_stay_float32_under_autocast_in_training_and_inference():
 
 
 def _lip_backbone(name, depth):
-    cfg = get_cfg()
-    lip_det.add_lip_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = name
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.NORM = "GN"
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg = lip_cfg(depth, name, norm="GN")
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     if name == "build_retinanet_lip_resnet_fpn_backbone":
         cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
