@@ -3,14 +3,14 @@
 # Every target runs in a project virtual environment, .venv (git-ignored), created on first use
 # with the pinned torch/torchvision, detectron2, lip_det (editable) and its requirements
 # (pycocotools, fvcore, faster-coco-eval, ...), pytest and ruff. Later runs reuse it; it is
-# updated when setup.py, lip_det/csrc, tools/install_detectron2.py or the settings below change.
+# updated when setup.py, lip_det/layers/csrc, tools/install_detectron2.py or the settings below change.
 #
 # To use an environment you already have (with torch, torchvision and detectron2 installed):
 #     make test PYTHON=/path/to/python
 # installs only lip_det into it (editable, --no-deps), plus pytest/ruff if a target needs them.
 # If that environment already has lip_det from another checkout, make stops rather than re-point
 # it; REINSTALL=1 installs this checkout anyway (also to rebuild lip_det's C++ kernels after
-# changing lip_det/csrc). PYTHON is taken from the make command line only, never from the shell
+# changing lip_det/layers/csrc). PYTHON is taken from the make command line only, never from the shell
 # environment.
 
 SHELL := /bin/bash
@@ -102,8 +102,8 @@ D2_CHANGED = $(filter $(VENV)/.settings tools/install_detectron2.py,$?)
 D2_INSTALL = $(if $(DETECTRON2_SOURCE),--source '$(DETECTRON2_SOURCE)', \
 	$(if $(filter tools/install_detectron2.py,$?),--force))
 
-# lip_det is reinstalled (its C++ kernels rebuilt) when setup.py or lip_det/csrc change.
-$(VENV)/.lip_det-installed: setup.py $(wildcard lip_det/csrc/*) tools/install_detectron2.py \
+# lip_det is reinstalled (its C++ kernels rebuilt) when setup.py or lip_det/layers/csrc change.
+$(VENV)/.lip_det-installed: setup.py $(wildcard lip_det/layers/csrc/*) tools/install_detectron2.py \
 		$(VENV)/.settings
 	@echo "== setting up $(VENV) (torch $(TORCH_VERSION), torchvision $(TORCHVISION_VERSION))"
 	[ -x $(VPY) ] || $(BOOTSTRAP_PYTHON) -m venv $(VENV)

@@ -36,7 +36,7 @@ def cpu_extension():
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
     ext = CppExtension(
         "lip_det._C",
-        ["lip_det/csrc/lip2d_cpu.cpp"],
+        ["lip_det/layers/csrc/lip2d_cpu.cpp"],
         extra_compile_args=["-O3", *openmp],
         extra_link_args=openmp if openmp == ["-fopenmp"] else [],
     )

@@ -12,16 +12,15 @@ from . import compat
 
 compat.apply()
 
-from .backbone import (  # noqa: E402  (registration needs the fixes above)
+from .config import add_lip_config  # noqa: E402  (registration needs the fixes above)
+from .data import builtin as _builtin_datasets  # noqa: E402,F401  (registers lip_synthetic_*)
+from .layers import LIP, lip2d  # noqa: E402
+from .modeling import (  # noqa: E402
     LIPResNet,
     build_lip_resnet_backbone,
     build_lip_resnet_fpn_backbone,
     build_retinanet_lip_resnet_fpn_backbone,
 )
-from .config import add_lip_config  # noqa: E402
-from .data import builtin as _builtin_datasets  # noqa: E402,F401  (registers lip_synthetic_*)
-from .lip2d import lip2d  # noqa: E402
-from .lip_layer import LIP  # noqa: E402
 
 __version__ = "0.1.0"
 

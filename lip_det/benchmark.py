@@ -47,9 +47,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from .config import add_lip_config
-from .lip2d import available_implementations, lip2d
-from .lip_layer import LIP
-from .logit_modules import BottleneckTrunk, ConvLogit
+from .layers import LIP, BottleneckTrunk, ConvLogit, available_implementations, lip2d
 
 __all__ = [
     "OP_SHAPES",

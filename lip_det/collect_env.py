@@ -95,14 +95,13 @@ def _lip2d_rows():
     spec = compat._find_spec("lip_det._C")
     rows = [("lip_det._C", f"compiled @ {spec.origin}" if spec else "not built")]
     try:
-        lip2d = importlib.import_module("lip_det.lip2d")  # the package exports a function lip2d
-        available = getattr(lip2d, "available_implementations", None)
-        if available is not None:
-            rows.append(("lip2d on CPU", ", ".join(available("cpu")) + " (best first)"))
-            import torch
+        from lip_det.layers import available_implementations as available
 
-            if torch.cuda.is_available():
-                rows.append(("lip2d on CUDA", ", ".join(available("cuda")) + " (best first)"))
+        rows.append(("lip2d on CPU", ", ".join(available("cpu")) + " (best first)"))
+        import torch
+
+        if torch.cuda.is_available():
+            rows.append(("lip2d on CUDA", ", ".join(available("cuda")) + " (best first)"))
     except Exception as e:  # report, don't crash
         rows.append(("lip2d", f"fails: {type(e).__name__}: {e}"))
     return rows

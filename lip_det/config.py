@@ -1,9 +1,12 @@
-import difflib
+"""add_lip_config(cfg): lip_det's config keys, and validate_lip_config(cfg), their checks."""
+
 import math
 
 from detectron2.config import CfgNode as CN
 
-from .lip2d import LIP_IMPLEMENTATIONS
+from .choices import check_choice
+from .layers.dispatch import LIP_IMPLEMENTATIONS
+from .layers.logit_modules import LOGIT_MODULES, STEM_LOGIT_MODULES
 
 # The seven places LIP can replace a stride-2 operation in a ResNet (paper: all seven).
 LIP_PLACES = (
@@ -15,9 +18,6 @@ LIP_PLACES = (
     "res5.main",
     "res5.shortcut",
 )
-LOGIT_MODULES = ("simplified", "projection", "bottleneck")
-STEM_LOGIT_MODULES = ("simplified", "projection")
-EVAL_ENGINES = ("official", "fast")
 AMP_PRECISIONS = ("auto", "float16", "bfloat16")
 
 
@@ -62,14 +62,6 @@ def add_lip_config(cfg):
     # AMPTrainer with a GradScaler), "bfloat16" (CPU or CUDA), "auto" = float16 on CUDA, bfloat16
     # on the CPU.
     _C.SOLVER.AMP.PRECISION = "auto"
-
-
-def check_choice(value, valid, key):
-    """Raise ValueError naming ``key``, ``value`` and the valid choices if value is not valid."""
-    if value not in valid:
-        message = f"{key} = {value!r} is not valid; choose one of {list(valid)}"
-        close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
-        raise ValueError(message + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def validate_lip_config(cfg):

@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .lip_layer import LIP
+from .layers import LIP
 
 __all__ = [
     "NORMALIZATIONS",

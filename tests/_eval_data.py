@@ -14,7 +14,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from lip_det.evaluation.synthetic import make_synthetic_coco, make_synthetic_detections
+from lip_det.evaluation.simulated import make_synthetic_coco, make_synthetic_detections
 
 # Non-contiguous category ids, as in COCO, so that id mapping mistakes show.
 CATEGORY_IDS = {1: 3, 2: 7, 3: 11}

@@ -6,8 +6,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 import lip_det
-from lip_det.blocks import LIPBasicBlock, LIPBottleneckBlock, LIPStem
-from lip_det.logit_modules import BottleneckTrunk, ConvLogit
+from lip_det.layers import BottleneckTrunk, ConvLogit
+from lip_det.modeling import LIPBasicBlock, LIPBottleneckBlock, LIPStem
 
 
 def n_params(module):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_backbone, build_model
 
 from lip_det import benchmark
-from lip_det.lip2d import lip2d
+from lip_det.layers import lip2d
 
 REPO = Path(__file__).resolve().parents[1]
 LEAN = {"cpu", "triton", "aten"}

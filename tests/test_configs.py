@@ -13,9 +13,9 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
-from lip_det.backbone import LIPResNet
 from lip_det.data import MARKS
 from lip_det.engine import load_config
+from lip_det.modeling import LIPResNet
 
 YAML_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix()

@@ -25,7 +25,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 from lip_det import add_lip_config
-from lip_det.convert import (
+from lip_det.checkpoint.convert import (
     BASIC_BLOCK_NOTE,
     MSRA_INPUT,
     TAP_SUM,

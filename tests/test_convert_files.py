@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from lip_det.convert import read_checkpoint
+from lip_det.checkpoint.convert import read_checkpoint
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_lip_to_d2.py"
 

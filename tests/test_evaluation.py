@@ -142,7 +142,7 @@ def test_edge_sized_objects_go_to_the_bucket_starting_at_the_edge():
 
 def test_custom_max_dets_name_ar_keys_and_match_detectron2():
     # Dense data: more than 100 detections of one category in an image, so AR300 > AR100.
-    from lip_det.evaluation.synthetic import make_synthetic_coco, make_synthetic_detections
+    from lip_det.evaluation.simulated import make_synthetic_coco, make_synthetic_detections
 
     dense = make_synthetic_coco(1, num_categories=1, objects_per_image=(170, 170), max_size=40)
     detections = make_synthetic_detections(dense, quality=1.0, seed=1)

@@ -9,8 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import lip_det
-from lip_det import lip2d_autograd, lip2d_triton
-from lip_det.lip2d import available_implementations, lip2d_window_softmax
+from lip_det.layers import (
+    available_implementations,
+    backend_cpu,
+    backend_triton,
+    lip2d_window_softmax,
+)
 
 # every implementation that runs on CPU here ("cpu" when the C++ extension is built)
 CPU_IMPLS = [i for i in available_implementations("cpu") if i != "triton"]
@@ -126,12 +130,12 @@ def test_bad_input_errors():
 
 def test_cpu_extension_is_built_and_the_default():
     # the Makefile installs with --no-build-isolation, so setup.py builds lip_det._C
-    assert lip2d_autograd.cpu_extension_available(), "lip_det._C missing: reinstall lip_det"
+    assert backend_cpu.is_available(), "lip_det._C missing: reinstall lip_det"
     assert available_implementations("cpu")[0] == "cpu"
 
 
 def test_auto_falls_back_to_aten_without_the_extension(monkeypatch):
-    monkeypatch.setattr(lip2d_autograd, "_cpu_ext", None)
+    monkeypatch.setattr(backend_cpu, "_cpu_ext", None)
     assert available_implementations("cpu")[:2] == ["aten", "reference"]
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     torch.testing.assert_close(lip_det.lip2d(x, x), lip2d_window_softmax(x, x))
@@ -197,7 +201,7 @@ def test_half_precision_is_finite_and_close_for_logits_in_plus_minus_60(impl, dt
         torch.testing.assert_close(got.double(), want, rtol=eps, atol=eps)
 
 
-@pytest.mark.skipif(not lip2d_triton.is_available(), reason="needs CUDA and triton")
+@pytest.mark.skipif(not backend_triton.is_available(), reason="needs CUDA and triton")
 def test_triton_on_cuda_matches_reference():
     torch.manual_seed(5)
     x = torch.randn(2, 8, 33, 40, device="cuda")
@@ -218,7 +222,7 @@ def test_triton_on_cuda_matches_reference():
 TRITON_INTERPRETER_CHECK = textwrap.dedent(
     """
     import torch, lip_det
-    from lip_det.lip2d import lip2d_window_softmax
+    from lip_det.layers import lip2d_window_softmax
     torch.manual_seed(0)
     worst = 0.0
     for geometry in [(3, 2, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0))]:
@@ -238,7 +242,7 @@ TRITON_INTERPRETER_CHECK = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(lip2d_triton.triton is None, reason="triton is not installed")
+@pytest.mark.skipif(backend_triton.triton is None, reason="triton is not installed")
 def test_triton_kernels_in_the_interpreter_match_reference():
     # the GPU kernels, run by Triton's CPU interpreter: checks their indexing and maths here
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from lip_det import LIP
-from lip_det.logit_modules import BottleneckTrunk, ConvLogit, SoftGate, build_logit_module
+from lip_det.layers import BottleneckTrunk, ConvLogit, SoftGate, build_logit_module
 
 
 def test_softgate_bounds_and_coefficient():

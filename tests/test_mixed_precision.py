@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 from conftest import CONFIGS, SYNTHETIC_TRAIN, TINY_OVERRIDES, lip_cfg
+from detectron2.engine import SimpleTrainer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 import lip_det
-from lip_det.engine import AutocastTrainer, SetupError, Trainer, load_config
-from lip_det.lip2d import available_implementations, lip2d_window_softmax
-from lip_det.logit_modules import ConvLogit
+from lip_det.engine import SetupError, Trainer, autocast_dtype, load_config
+from lip_det.layers import ConvLogit, available_implementations, lip2d_window_softmax
 
 LEAN_IMPLS = [i for i in available_implementations("cpu") if i not in ("triton", "reference")]
 DEMO = str(CONFIGS / "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml")
@@ -109,16 +109,17 @@ def test_every_lip_backbone_trains_under_cpu_autocast(name, depth, size, dtype):
 
 
 def test_amp_on_the_cpu_trains_under_bfloat16_autocast(synthetic_coco, tmp_path):
-    """SOLVER.AMP.ENABLED on MODEL.DEVICE cpu: lip_det's AutocastTrainer (detectron2's
-    AMPTrainer needs CUDA); the backbone really runs in bfloat16, the losses are finite."""
+    """SOLVER.AMP.ENABLED on MODEL.DEVICE cpu: detectron2's SimpleTrainer with the model's
+    forward pass under bfloat16 autocast (detectron2's AMPTrainer needs CUDA); the backbone
+    really runs in bfloat16, the losses are finite."""
     cfg = load_config(
         DEMO,
         [*TINY_OVERRIDES, "DATASETS.TRAIN", f"('{SYNTHETIC_TRAIN}',)", "DATASETS.TEST", "()",
          "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path)],
     )  # fmt: skip
     trainer = Trainer(cfg)
-    assert isinstance(trainer._trainer, AutocastTrainer)
-    assert trainer._trainer.dtype == torch.bfloat16
+    assert type(trainer._trainer) is SimpleTrainer
+    assert autocast_dtype(trainer.model) == torch.bfloat16
     seen = set()
     stem = trainer.model.backbone.bottom_up.stem
     stem.conv1.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))

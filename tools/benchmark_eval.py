@@ -25,9 +25,9 @@ import numpy as np
 
 import lip_det  # noqa: F401  (first: detectron2 compatibility fixes)
 from lip_det.evaluation import evaluate_by_size, get_engine
+from lip_det.evaluation.simulated import make_synthetic_coco, make_synthetic_detections
 from lip_det.evaluation.size_buckets import SizeBuckets
 from lip_det.evaluation.size_evaluation import metric_names
-from lip_det.evaluation.synthetic import make_synthetic_coco, make_synthetic_detections
 
 # pycocotools' 12 summary stats, in COCOeval.stats order (the first 12 of our metric names)
 COCO_STATS = metric_names(SizeBuckets(), (1, 10, 100))[:12]

@@ -16,8 +16,8 @@ import argparse
 import sys
 
 import lip_det  # noqa: F401  (detectron2 compatibility fixes before any detectron2 import)
-from lip_det.backbone import NUM_BLOCKS_PER_STAGE
-from lip_det.convert import DEFAULT_PREFIX, SOURCES, ConversionError, convert_file
+from lip_det.checkpoint.convert import DEFAULT_PREFIX, SOURCES, ConversionError, convert_file
+from lip_det.modeling import NUM_BLOCKS_PER_STAGE
 
 
 def get_parser():

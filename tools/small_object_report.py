@@ -18,13 +18,13 @@ import os
 import sys
 
 import lip_det  # noqa: F401  (first: detectron2 compatibility fixes)
-from lip_det.config import EVAL_ENGINES
 from lip_det.evaluation import (
     DEFAULT_BUCKET_EDGES,
     DEFAULT_MAX_DETS,
     EvaluationInputError,
     write_report,
 )
+from lip_det.evaluation.engines import EVAL_ENGINES
 from lip_det.evaluation.report import REPORT_FILE
 from lip_det.evaluation.tables import comparison_table
 

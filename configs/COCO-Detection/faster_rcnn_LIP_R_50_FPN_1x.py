@@ -25,7 +25,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
-from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import GeneralizedRCNN
@@ -41,51 +40,14 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
-from lip_det.backbone import LIPResNet
-from lip_det.blocks import LIPBottleneckBlock, LIPStem
 from lip_det.data import DatasetMapper  # detectron2's, reading 16-bit images, skipping unreadable
 from lip_det.evaluation import SmallObjectCOCOEvaluator
+from lip_det.modeling import LIPResNet, LIPStem
 
 # ---- backbone: LIP-ResNet-50, the yaml's MODEL.RESNETS / MODEL.LIP defaults --------------------
 NORM = "FrozenBN"  # MODEL.RESNETS.NORM: ImageNet BN statistics stay fixed
 # MODEL.LIP defaults: bottleneck logit modules of width 128, SoftGate coefficient 12
 LIP_ARGS = {"logit": "bottleneck", "bottleneck_width": 128, "gate_coeff": 12.0, "impl": "auto"}
-
-
-def _lip_resnet50_stages():
-    """res2..res5 as lists of blocks: the first block of res3-res5 pools with LIP (paper: all
-    seven places), every other block is detectron2's BottleneckBlock, torchvision-style
-    (stride_in_1x1=False). Spelled out because the depth is fixed in this file."""
-    stages = []
-    in_channels, out_channels, bottleneck = 64, 256, 64
-    for stage, num_blocks in enumerate([3, 4, 6, 3]):
-        blocks = []
-        if stage > 0:  # stride-2 stage: LIP replaces the strided conv in main and shortcut
-            blocks.append(
-                L(LIPBottleneckBlock)(
-                    in_channels=in_channels,
-                    out_channels=out_channels,
-                    bottleneck_channels=bottleneck,
-                    stride=2,
-                    norm=NORM,
-                    stride_in_1x1=False,
-                    **LIP_ARGS,
-                )
-            )
-        while len(blocks) < num_blocks:
-            blocks.append(
-                L(BottleneckBlock)(
-                    in_channels=in_channels if not blocks else out_channels,
-                    out_channels=out_channels,
-                    bottleneck_channels=bottleneck,
-                    stride=1,
-                    norm=NORM,
-                    stride_in_1x1=False,
-                )
-            )
-        stages.append(blocks)
-        in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
-    return stages
 
 
 model = L(GeneralizedRCNN)(
@@ -99,7 +61,11 @@ model = L(GeneralizedRCNN)(
                 gate_coeff=LIP_ARGS["gate_coeff"],
                 impl=LIP_ARGS["impl"],
             ),
-            stages=_lip_resnet50_stages(),
+            # res2..res5; the first block of res3-res5 pools with LIP (paper: all seven places),
+            # every other block is detectron2's BottleneckBlock, torchvision-style
+            stages=L(LIPResNet.make_lip_stages)(
+                depth=50, norm=NORM, stride_in_1x1=False, **LIP_ARGS
+            ),
             out_features=["res2", "res3", "res4", "res5"],
             freeze_at=2,  # MODEL.BACKBONE.FREEZE_AT: stem and res2 (their LIPs included)
             train_frozen_lip=False,

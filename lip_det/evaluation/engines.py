@@ -10,14 +10,18 @@ import importlib.metadata
 import io
 from dataclasses import dataclass
 
+from lip_det.choices import check_choice
 from lip_det.compat import has_c_extension
-from lip_det.config import EVAL_ENGINES, check_choice
 
 NO_FAST_ENGINE = (
     "The 'fast' evaluation engine needs detectron2's C++ extension (detectron2 built from source) "
     "or faster-coco-eval (`pip install faster-coco-eval`); neither is available in this Python. "
     "Install faster-coco-eval or use the 'official' engine (TEST.SMALL_OBJECT.ENGINE official)."
 )
+
+
+# "official" (pycocotools, paper-comparable) or "fast" (faster-coco-eval / detectron2 _C)
+EVAL_ENGINES = ("official", "fast")
 
 
 @dataclass(frozen=True)

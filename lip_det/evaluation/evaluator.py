@@ -7,10 +7,10 @@ import os
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils.file_io import PathManager
 
+from lip_det.choices import check_choice
 from lip_det.compat import has_c_extension
-from lip_det.config import EVAL_ENGINES, check_choice
 
-from .engines import get_engine
+from .engines import EVAL_ENGINES, get_engine
 from .size_buckets import DEFAULT_BUCKET_EDGES, SizeBuckets
 from .size_evaluation import DEFAULT_MAX_DETS, check_max_dets, evaluate_by_size
 from .tables import bucket_table, category_table, summary_table

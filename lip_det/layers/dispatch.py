@@ -1,4 +1,6 @@
-"""The LIP operator: a softmax-weighted mean over every pooling window.
+"""lip2d, the LIP operator, and the one place that picks its implementation.
+
+LIP is a softmax-weighted mean over every pooling window:
 
     O = sum_window(exp(logit) * x) / sum_window(exp(logit))
       = avg_pool2d(x * exp(logit)) / avg_pool2d(exp(logit))
@@ -19,66 +21,36 @@ float32, and are overflow- and underflow-free for any logits.
 """
 
 import torch
-import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-__all__ = ["lip2d", "lip2d_reference", "lip2d_window_softmax", "LIP_IMPLEMENTATIONS"]
+from . import backend_cpu, backend_triton
+from .backend_aten import lip2d_aten
+from .backend_cpu import lip2d_cpu
+from .backend_triton import lip2d_triton
+from .reference import lip2d_reference
+
+__all__ = ["LIP_IMPLEMENTATIONS", "available_implementations", "lip2d"]
 
 
-def lip2d_reference(x, logit, kernel_size=3, stride=2, padding=1):
-    """The paper's formula with two ``avg_pool2d`` calls, differentiated by autograd.
-
-    The logits are shifted by their per-(sample, channel) maximum first: a constant shift leaves
-    the result unchanged and keeps exp() from overflowing (a window whose logits all lie ~88 below
-    that maximum still underflows to 0/0 in float32).
-    """
-    shift = logit.detach().amax(dim=(-2, -1), keepdim=True)
-    importance = torch.exp(logit - shift)
-    numerator = F.avg_pool2d(x * importance, kernel_size, stride, padding)
-    denominator = F.avg_pool2d(importance, kernel_size, stride, padding)
-    return numerator / denominator
-
-
-def lip2d_window_softmax(x, logit, kernel_size=3, stride=2, padding=1):
-    """LIP as an explicit softmax over each window (``unfold``): exact for any logit range, but
-    it materialises kh*kw copies of the input. The exact path for rare degenerate windows."""
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
-    n, c, h, w = x.shape
-    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    # pad logits with -inf so padded cells get weight exactly 0
-    logit = F.pad(logit, (pw, pw, ph, ph), value=float("-inf"))
-    x = F.pad(x, (pw, pw, ph, ph))
-    windows_l = F.unfold(logit, (kh, kw), stride=(sh, sw)).view(n, c, kh * kw, out_h, out_w)
-    windows_x = F.unfold(x, (kh, kw), stride=(sh, sw)).view(n, c, kh * kw, out_h, out_w)
-    return (torch.softmax(windows_l, dim=2) * windows_x).sum(dim=2)
-
-
-def _implementations():
-    from . import lip2d_autograd, lip2d_triton
-
-    return {
-        "cpu": lip2d_autograd.lip2d_cpu,
-        "triton": lip2d_triton.lip2d_triton,
-        "aten": lip2d_autograd.lip2d_aten,
-        "reference": lip2d_reference,
-    }
-
-
-LIP_IMPLEMENTATIONS = ("cpu", "triton", "aten", "reference")
+_IMPLEMENTATIONS = {
+    "cpu": lip2d_cpu,
+    "triton": lip2d_triton,
+    "aten": lip2d_aten,
+    "reference": lip2d_reference,
+}
+LIP_IMPLEMENTATIONS = tuple(_IMPLEMENTATIONS)
 
 
 def available_implementations(device="cpu"):
     """The implementations that can run on ``device`` here, best first."""
-    from . import lip2d_autograd, lip2d_triton
-
     device = torch.device(device)
     names = []
-    if device.type == "cuda" and lip2d_triton.is_available():
+    if device.type == "cuda" and backend_triton.is_available():
         names.append("triton")
-    if device.type == "cpu" and lip2d_autograd.cpu_extension_available():
+    if device.type == "cpu" and backend_cpu.is_available():
         names.append("cpu")
     names += ["aten", "reference"]
-    if device.type == "cpu" and lip2d_triton.interpreting():  # TRITON_INTERPRET=1: tests only
+    if device.type == "cpu" and backend_triton.interpreting():  # TRITON_INTERPRET=1: tests only
         names.append("triton")
     return names
 
@@ -95,7 +67,7 @@ def _resolve(impl, x):
             f"lip2d impl={impl!r} cannot run on {x.device} here; available: "
             f"{available_implementations(x.device)} (see `python -m lip_det.collect_env`)"
         )
-    return _implementations()[impl]
+    return _IMPLEMENTATIONS[impl]
 
 
 def lip2d(x, logit, kernel_size=3, stride=2, padding=1, impl="auto"):

@@ -1,6 +1,6 @@
 from torch import nn
 
-from .lip2d import lip2d
+from .dispatch import lip2d
 
 __all__ = ["LIP"]
 

@@ -29,10 +29,9 @@ from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from .backbone import NUM_BLOCKS_PER_STAGE, build_lip_resnet_backbone
-from .config import add_lip_config
-from .lip_layer import LIP
-from .logit_modules import BottleneckTrunk
+from ..config import add_lip_config
+from ..layers import LIP, BottleneckTrunk
+from ..modeling import NUM_BLOCKS_PER_STAGE, build_lip_resnet_backbone
 
 __all__ = [
     "SOURCES",

@@ -13,6 +13,9 @@ import os
 
 import torch
 
+from .backend_aten import lip2d_aten
+from .function import LeanLIP2d
+
 __all__ = ["lip2d_triton", "is_available", "interpreting"]
 
 try:
@@ -137,10 +140,6 @@ def _triton_backward(grad_out, x, logit, out, kernel_size, stride, padding):
 
 def lip2d_triton(x, logit, kernel_size, stride, padding):
     if x.dtype == torch.float64:  # Triton kernels accumulate in float32
-        from .lip2d_autograd import lip2d_aten
-
         return lip2d_aten(x, logit, kernel_size, stride, padding)
-    from .lip2d_autograd import LeanLIP2d
-
     kernels = (_triton_forward, _triton_backward)
     return LeanLIP2d.apply(kernels, x, logit, kernel_size, stride, padding)

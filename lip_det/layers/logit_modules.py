@@ -10,9 +10,19 @@ from detectron2.layers import Conv2d
 from torch import nn
 from torch.nn import functional as F
 
-from .config import LOGIT_MODULES, check_choice
+from ..choices import check_choice
 
-__all__ = ["SoftGate", "ConvLogit", "BottleneckTrunk", "build_logit_module"]
+__all__ = [
+    "LOGIT_MODULES",
+    "STEM_LOGIT_MODULES",
+    "BottleneckTrunk",
+    "ConvLogit",
+    "SoftGate",
+    "build_logit_module",
+]
+
+LOGIT_MODULES = ("simplified", "projection", "bottleneck")
+STEM_LOGIT_MODULES = ("simplified", "projection")
 
 
 def instance_norm(channels):

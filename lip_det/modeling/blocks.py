@@ -7,8 +7,7 @@ import fvcore.nn.weight_init as weight_init
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 
-from .lip_layer import LIP
-from .logit_modules import BottleneckTrunk, build_logit_module
+from ..layers import LIP, BottleneckTrunk, build_logit_module
 
 __all__ = ["LIPStem", "LIPBottleneckBlock", "LIPBasicBlock"]
 

@@ -473,6 +473,86 @@ def _without_stand_in(function):
     return wrapper
 
 
+# --------------------------------------------------------------------------------------------------
+# create_ddp_model on CPU models
+
+
+def _fix_ddp_device_ids_on_cpu():
+    # detectron2's create_ddp_model (v0.6 and HEAD) gives DistributedDataParallel
+    # device_ids=[local rank]: right for a model on one GPU, refused by DDP for a CPU model, which
+    # needs device_ids=None. No attribute tells this apart, so the source is read (one regex over
+    # one file, cached with the other scans).
+    users = list(_uses("device_ids", r"\[.device_ids.\]\s*=\s*\[\s*comm\.get_local_rank\(\)"))
+    if "detectron2.engine.defaults" not in users:
+        return None
+    _patch_modules(["detectron2.engine.defaults"], _wrap_create_ddp_model)
+    return True, "create_ddp_model passes device_ids=[local rank], refused for CPU models", users
+
+
+def _wrap_create_ddp_model(module):
+    function = getattr(module, "create_ddp_model", None)
+    if callable(function) and not hasattr(function, "__wrapped__"):
+
+        @functools.wraps(function)
+        def create_ddp_model(model, **kwargs):
+            parameter = next(model.parameters(), None)
+            if parameter is not None and parameter.device.type == "cpu":
+                kwargs.setdefault("device_ids", None)
+            return function(model, **kwargs)
+
+        module.create_ddp_model = create_ddp_model
+
+
+# --------------------------------------------------------------------------------------------------
+# DefaultTrainer.state_dict (the optimizer in checkpoints)
+
+
+def _fix_trainer_state():
+    # v0.6's DefaultTrainer has no state_dict/load_state_dict, so its checkpoints hold only the
+    # iteration and hook states, not its SimpleTrainer's (the optimizer, AMP's grad scaler): a
+    # resumed run restarts SGD momentum. Upstream (detectron2 commit 0e7e8b8, 2021-11) adds
+    # them; these are the same two methods. The probe reads the class's method names from the
+    # source (ast), because importing detectron2.engine on `import lip_det` would cost a second
+    # and must wait for the other fixes; the patch checks the class itself again.
+    source = _detectron2_sources().get("detectron2.engine.defaults")
+    if source is None or _class_defines(source, "DefaultTrainer", "state_dict"):
+        return None
+    _patch_modules(["detectron2.engine.defaults"], _give_trainer_state)
+    users = ["detectron2.engine.defaults"]
+    return True, "DefaultTrainer has no state_dict: checkpoints lack the optimizer", users
+
+
+def _class_defines(source, class_name, method_name):
+    import ast
+
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return any(
+                isinstance(item, ast.FunctionDef) and item.name == method_name for item in node.body
+            )
+    return False
+
+
+def _give_trainer_state(module):
+    trainer = getattr(module, "DefaultTrainer", None)
+    if trainer is None or "state_dict" in vars(trainer):
+        return
+    base = trainer.__mro__[1]  # TrainerBase
+
+    def state_dict(self):
+        ret = base.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        base.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:  # (checkpoints written without this fix have none)
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    trainer.state_dict = state_dict
+    trainer.load_state_dict = load_state_dict
+
+
 _FIX_FUNCTIONS = (
     ("missing_c_extension", _fix_missing_c_extension),
     ("pil_image_linear", _fix_pil_linear),
@@ -480,6 +560,8 @@ _FIX_FUNCTIONS = (
     ("numpy_aliases", _fix_numpy_aliases),
     ("env_report_with_stand_in", _fix_env_report_with_stand_in),  # after missing_c_extension
     ("map_dataset_sample_from_set", _fix_sample_from_set),
+    ("ddp_device_ids_on_cpu", _fix_ddp_device_ids_on_cpu),
+    ("trainer_state", _fix_trainer_state),
 )
 
 
