@@ -23,6 +23,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
+from lip_det.checkpoint.weights import WeightsError, check_weights_file, model_tensor_shapes
 from lip_det.data import (
     DatasetError,
     DatasetMapper,
@@ -32,7 +33,6 @@ from lip_det.data import (
     register_coco_dataset,
 )
 from lip_det.engine import SetupError, argument_parser, check_setup, load_config, run
-from lip_det.checkpoint.weights import WeightsError, check_weights_file, model_tensor_shapes
 
 DEMO = str(CONFIGS / "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml")
 LIP_R50 = str(CONFIGS / "COCO-Detection/faster_rcnn_LIP_R_50_FPN_1x.yaml")
