@@ -31,6 +31,13 @@ def cpu_extension():
                 super().build_extension(ext)
             except Exception as e:  # compiler errors come as several exception types
                 print(f"lip_det: building {ext.name} failed ({e}); lip2d falls back to ATen")
+                self.failed = [*getattr(self, "failed", []), ext.name]
+
+        def copy_extensions_to_source(self):
+            # editable and --inplace installs copy every extension: skip the one that failed
+            failed = getattr(self, "failed", [])
+            self.extensions = [ext for ext in self.extensions if ext.name not in failed]
+            super().copy_extensions_to_source()
 
     # at::parallel_for is inlined from ATen's headers: without -fopenmp it runs on one thread
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
