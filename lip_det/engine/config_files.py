@@ -8,6 +8,7 @@ from detectron2.config import LazyConfig, get_cfg
 
 from ..config import add_lip_config
 from .errors import SetupError
+from .moved_paths import update_moved_targets
 
 __all__ = [
     "RunSettings",
@@ -76,6 +77,7 @@ def load_lazy_config(config_file, opts=()):
 
     _check_config_file(config_file)
     cfg = LazyConfig.load(config_file)
+    update_moved_targets(cfg, config_file)  # a config.yaml saved before lip_det's new layout
     for override in opts:
         key = override.split("=", 1)[0].lstrip("+~")
         parent, _, leaf = key.rpartition(".")

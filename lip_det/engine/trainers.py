@@ -85,6 +85,22 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, [dataset_name])
         return loader
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, *, report_name=None):
+        """DefaultTrainer.test, then the small-object report of each evaluated dataset, written
+        from the evaluation just run into OUTPUT_DIR/report/<dataset> (main process). Training
+        runs get it from detectron2's EvalHook, which calls this; the report names the run
+        ``report_name`` (default: the OUTPUT_DIR's name)."""
+        if evaluators is None:
+            evaluators = [cls.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process():
+            small = [e if isinstance(e, SmallObjectCOCOEvaluator) else None for e in evaluators]
+            run_name = report_name or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR)) or "model"
+            for out_dir in write_small_object_reports(cfg, small, run_name):
+                logging.getLogger("detectron2").info(f"Small-object report written to {out_dir}")
+        return results
+
     def train(self):
         # DefaultTrainer.train returns the final evaluation only when TEST.EXPECTED_RESULTS is
         # set; tools (and tests) want it in any case.
@@ -101,15 +117,10 @@ def _with_amp(cfg, enabled):
 
 
 def evaluate(cfg, model):
-    """``--eval-only``: evaluate ``model`` on cfg.DATASETS.TEST, check TEST.EXPECTED_RESULTS and
-    write the small-object report of each dataset (OUTPUT_DIR/report/<dataset>) from the
-    evaluation just run."""
-    evaluators = [Trainer.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
-    results = Trainer.test(cfg, model, evaluators)
+    """``--eval-only``: evaluate ``model`` on cfg.DATASETS.TEST with its small-object reports
+    (named after the weights file), and check TEST.EXPECTED_RESULTS."""
+    run_name = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0] or "model"
+    results = Trainer.test(cfg, model, report_name=run_name)
     if comm.is_main_process():
         verify_results(cfg, results)
-        reportable = [e if isinstance(e, SmallObjectCOCOEvaluator) else None for e in evaluators]
-        run_name = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0] or "model"
-        for out_dir in write_small_object_reports(cfg, reportable, run_name):
-            logging.getLogger("detectron2").info(f"Small-object report written to {out_dir}")
     return results
