@@ -3,18 +3,29 @@
 import importlib.util
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_backbone, build_model
+from fvcore.nn import FlopCountAnalysis
 
-from lip_det import benchmark
 from lip_det.layers import lip2d
+from lip_det.layers.flops import LIP2D_OP_NAMES, add_lip_flop_handles, lip_flop_handles
+from lip_det.utils import benchmark as measure
 
 REPO = Path(__file__).resolve().parents[1]
 LEAN = {"cpu", "triton", "aten"}
+
+# tools/ is not installed with lip_det; tools/benchmark.py imports its benchmarks package so too
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
+from benchmarks import models as model_level  # noqa: E402
+from benchmarks import op as op_level  # noqa: E402
+from benchmarks.profile import GROUP_NAMES  # noqa: E402
 
 
 def _tool():
@@ -47,13 +58,13 @@ def test_quick_run_has_every_section(quick):
     machine = quick["machine"]
     assert machine["torch_threads"] == 1
     assert machine["cpu"] and machine["cpu_count"] >= 1 and len(machine["load_average"]) == 3
-    assert [entry["shape"] for entry in quick["op"]] == [list(s) for s in benchmark.QUICK_OP_SHAPES]
+    assert [entry["shape"] for entry in quick["op"]] == [list(s) for s in op_level.QUICK_OP_SHAPES]
     assert list(quick["models"]) == ["R18"]
     assert quick["profile"]["depth"] == 18
 
 
 def test_op_level(quick):
-    expected = {"avg_pool2d", "primitive", *benchmark._op_implementations("cpu")}
+    expected = {"avg_pool2d", "primitive", *op_level.op_implementations("cpu")}
     for entry in quick["op"]:
         results = entry["results"]
         assert set(results) == expected
@@ -92,7 +103,7 @@ def test_model_parameter_counts_match_bn_models(quick):
     """FrozenBN affine buffers are counted: the counts equal nn.Parameters of NORM "BN" models."""
     models = quick["models"]["R18"]["models"]
     for name, lip in (("LIP-R18-FPN", True), ("R18-FPN", False)):
-        cfg = benchmark.detection_cfg(18, lip=lip, light_heads=True)
+        cfg = model_level.detection_cfg(18, lip=lip, light_heads=True)
         cfg.MODEL.RESNETS.NORM = "BN"
         cfg.MODEL.BACKBONE.FREEZE_AT = 0  # freezing turns BN into FrozenBN
         model = build_model(cfg)
@@ -117,12 +128,12 @@ def test_profile_groups_add_up(quick):
     for kind in ("train_step", "inference"):
         lip = profile[kind]["LIP-R18-FPN"]
         plain = profile[kind]["R18-FPN"]
-        assert set(lip["groups_ms"]) == set(benchmark.GROUP_NAMES)
+        assert set(lip["groups_ms"]) == set(GROUP_NAMES)
         assert sum(lip["groups_ms"].values()) == pytest.approx(lip["total_ms"])
         for group in ("LIP: lip2d op", "LIP: logit-module convs", "LIP: logit-module InstanceNorm"):
             assert lip["groups_ms"][group] > 0, (kind, group)
             assert plain["groups_ms"][group] == 0, (kind, group)
-        assert lip["top_ops"] and all(op["group"] in benchmark.GROUP_NAMES for op in lip["top_ops"])
+        assert lip["top_ops"] and all(op["group"] in GROUP_NAMES for op in lip["top_ops"])
 
 
 @pytest.mark.parametrize(
@@ -130,26 +141,26 @@ def test_profile_groups_add_up(quick):
 )
 def test_r50_bottom_up_parameters_with_frozen_bn(depth, lip, total):
     """The published LIP-ResNet-50 count; torchvision's resnet50 without its fc."""
-    cfg = benchmark.detection_cfg(depth, lip=lip)
+    cfg = model_level.detection_cfg(depth, lip=lip)
     assert cfg.MODEL.RESNETS.NORM == "FrozenBN"
     bottom_up = build_backbone(cfg).bottom_up
-    assert benchmark.count_parameters(bottom_up) == total
+    assert model_level.count_parameters(bottom_up) == total
 
 
 def test_primitive_is_lip():
     x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
     logit = 12 * torch.rand(2, 3, 9, 10, dtype=torch.float64)
-    torch.testing.assert_close(benchmark.lip2d_primitive(x, logit), lip2d(x, logit))
+    torch.testing.assert_close(op_level.lip2d_primitive(x, logit), lip2d(x, logit))
 
 
 def test_measurement_primitives():
-    assert benchmark.peak_memory_bytes(lambda: torch.ones(2**20), "cpu") == 4 * 2**20
+    assert measure.peak_memory_bytes(lambda: torch.ones(2**20), "cpu") == 4 * 2**20
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    assert benchmark.saved_tensor_bytes(lambda: F.avg_pool2d(x, 3, 2, 1)) == x.nbytes
+    assert measure.saved_tensor_bytes(lambda: F.avg_pool2d(x, 3, 2, 1)) == x.nbytes
     # a storage saved twice counts once
-    assert benchmark.saved_tensor_bytes(lambda: x * x) == x.nbytes
+    assert measure.saved_tensor_bytes(lambda: x * x) == x.nbytes
     calls = []
-    samples = benchmark.time_interleaved(
+    samples = measure.time_interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
         rounds=3,
         device="cpu",
@@ -157,3 +168,67 @@ def test_measurement_primitives():
     )
     assert calls == ["a", "b", "b", "a", "a", "b"]  # rotated order each round
     assert [len(v) for v in samples.values()] == [3, 3]
+
+
+def test_interleaved_timer_samples():
+    """min_sample_s > 0: each sample is a torch.utils.benchmark blocked_autorange of at least that
+    long, still in rotated interleaved rounds, and with torch's thread count unchanged."""
+    calls, threads = [], torch.get_num_threads()
+
+    def call(name):
+        calls.append((name, torch.get_num_threads()))
+        time.sleep(1e-3)
+
+    samples = measure.time_interleaved(
+        {"a": lambda: call("a"), "b": lambda: call("b")},
+        rounds=2,
+        device="cpu",
+        warmup=0,
+        min_sample_s=5e-3,
+    )
+    runs = [name for i, (name, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != name]
+    assert runs == ["a", "b", "a"]  # round 1: a, b; round 2: b, a
+    assert {n for _, n in calls} == {threads}
+    assert len(calls) >= 4 * 5  # every sample lasts >= 5 ms of 1 ms calls
+    for seconds in samples.values():
+        assert len(seconds) == 2 and all(1e-3 <= s < 1 for s in seconds)
+    assert measure.median_ratio(samples, "a", "a") == 1.0
+    assert measure.fastest_ratio(samples, "a", "b") == min(samples["a"]) / min(samples["b"])
+
+
+class _TwoLIPs(torch.nn.Module):
+    """A 1x1 logit conv and lip2d 3x3 s2 p1, then lip2d 5x3 s1 p(2, 1) of that output by itself."""
+
+    def __init__(self, impl):
+        super().__init__()
+        self.logit = torch.nn.Conv2d(4, 4, 1)
+        self.impl = impl
+
+    def forward(self, x):
+        y = lip2d(x, self.logit(x), 3, 2, 1, impl=self.impl)
+        return lip2d(y, y, (5, 3), 1, (2, 1), impl=self.impl)
+
+
+@pytest.mark.parametrize("impl", ["auto", "aten"])
+def test_fvcore_counts_lip2d_with_the_flop_handles(impl):
+    """lip_det.layers.flops: 2 * kh * kw FLOPs per output element (kh * kw multiply-adds for the
+    window sum of x * exp(logit), kh * kw adds for that of exp(logit); exp and division, being
+    elementwise, not counted), each traced lip2d with its own window."""
+    model, x = _TwoLIPs(impl), torch.randn(2, 4, 9, 11)
+
+    def analysis():
+        return FlopCountAnalysis(model, x).unsupported_ops_warnings(False).tracer_warnings("none")
+
+    conv = 2 * 4 * 9 * 11 * 4  # N C_out H W C_in of the 1x1 conv
+    outputs = 2 * 4 * 5 * 6  # both: 9x11 -> 5x6 (3x3 s2 p1), 5x6 -> 5x6 (5x3 s1 p(2, 1))
+    lip2d_flops = 2 * 3 * 3 * outputs + 2 * 5 * 3 * outputs
+    # without the handles fvcore skips both lip2d nodes
+    bare = analysis()
+    assert bare.total() == conv
+    assert sum(bare.unsupported_ops()[name] for name in LIP2D_OP_NAMES) == 2
+    flops = analysis().set_op_handle(**lip_flop_handles())
+    assert flops.total() == conv + lip2d_flops
+    by_operator = flops.by_operator()
+    assert [by_operator[k] for k in by_operator if k.lower().endswith("lip2d")] == [lip2d_flops]
+    assert not [name for name in flops.unsupported_ops() if "lip2d" in name.lower()]
+    assert add_lip_flop_handles(analysis()).total() == conv + lip2d_flops

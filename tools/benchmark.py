@@ -7,18 +7,24 @@ LIP-ResNet-FPN Faster R-CNN against the plain ResNet-FPN one, every ratio measur
     python tools/benchmark.py --quick --json quick.json    # small shapes, R18 only (tests, CI)
     python tools/benchmark.py --skip-op --depths 50 --profile   # where LIP-R50's extra time goes
 
-How each number is measured is in lip_det/benchmark.py's docstring.
+How each number is measured is in tools/benchmarks/__init__.py's docstring; the measuring
+primitives are lip_det.utils.benchmark's, the lip2d FLOP handle lip_det.layers.flops's.
 """
 
 import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
-import lip_det  # noqa: F401  (first: detectron2 compatibility fixes)
-from lip_det import benchmark
+# tools/ is not installed with lip_det: import the benchmarks package next to this file
+TOOLS = str(Path(__file__).resolve().parent)
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+from benchmarks import models, op, report, run  # noqa: E402  (needs TOOLS on sys.path)
 
 
 def _size(text):
@@ -41,8 +47,8 @@ def argument_parser():
     )
     parser.add_argument(
         "--shapes", type=_shape, nargs="+", metavar="N,C,H,W",
-        help=f"op-level input shapes (default {benchmark.OP_SHAPES}; --quick: "
-        f"{benchmark.QUICK_OP_SHAPES})",
+        help=f"op-level input shapes (default {op.OP_SHAPES}; --quick: "
+        f"{op.QUICK_OP_SHAPES})",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
@@ -54,8 +60,8 @@ def argument_parser():
     )  # fmt: skip
     parser.add_argument(
         "--image-size", type=_size, metavar="HxW",
-        help=f"train/inference image size (default {'x'.join(map(str, benchmark.IMAGE_SIZE))}; "
-        f"--quick: {'x'.join(map(str, benchmark.QUICK_IMAGE_SIZE))})",
+        help=f"train/inference image size (default {'x'.join(map(str, models.IMAGE_SIZE))}; "
+        f"--quick: {'x'.join(map(str, models.QUICK_IMAGE_SIZE))})",
     )  # fmt: skip
     parser.add_argument(
         "--flop-sizes", type=_size, nargs="+", metavar="HxW",
@@ -90,7 +96,7 @@ def main(argv=None):
         torch.set_num_threads(threads)
     results["command"] = shlex.join(["python", "tools/benchmark.py", *(argv or sys.argv[1:])])
     print()
-    print(benchmark.format_report(results), flush=True)
+    print(report.format_report(results), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -99,7 +105,7 @@ def main(argv=None):
 
 
 def _run(args):
-    return benchmark.run_benchmark(
+    return run.run_benchmark(
         device=args.device,
         quick=args.quick,
         op_shapes=args.shapes,
