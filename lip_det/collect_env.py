@@ -2,7 +2,8 @@
 
 Paste its output into bug reports. Besides versions it says where detectron2 was loaded from,
 whether its C++ extension ``_C`` is compiled, and which of lip_det's detectron2 compatibility fixes
-(:mod:`lip_det.compat`) are active, each with the problem it works around.
+(:mod:`lip_det.compat`) are active, each with the problem it works around, or why it is not
+needed here.
 """
 
 import importlib
@@ -54,9 +55,9 @@ def _detectron2_rows():
     c_module = sys.modules.get("detectron2._C")
     if compat.has_c_extension():
         c_status = f"compiled @ {getattr(c_module, '__file__', None) or '?'}"
-    elif isinstance(c_module, compat._MissingCExtension):
+    elif compat.c_extension.stand_in_installed():
         c_status = "missing (package-index build without C++ extension; lip_det's stand-in)"
-    elif compat._find_spec("detectron2._C") is not None:
+    elif compat.find_spec("detectron2._C") is not None:
         try:
             importlib.import_module("detectron2._C")
             c_status = "present"
@@ -92,7 +93,7 @@ def _torch_rows():
 
 def _lip2d_rows():
     """lip_det's own compiled kernels (lip_det._C, optional) and the lip2d implementations."""
-    spec = compat._find_spec("lip_det._C")
+    spec = compat.find_spec("lip_det._C")
     rows = [("lip_det._C", f"compiled @ {spec.origin}" if spec else "not built")]
     try:
         from lip_det.layers import available_implementations as available
