@@ -18,6 +18,13 @@ LIP_PLACES = (
     "res5.main",
     "res5.shortcut",
 )
+# The four places LIP replaces a pooling in a DenseNet (paper, LIP-DenseNet-121: all four).
+DENSENET_LIP_PLACES = (
+    "stem",  # the stem's 3x3/2 max-pool
+    "transition1",  # the 2x2/2 average pooling of the transition before denseblock2 (-> dense3)
+    "transition2",  # ... before denseblock3 (-> dense4)
+    "transition3",  # ... before denseblock4 (-> dense5)
+)
 AMP_PRECISIONS = ("auto", "float16", "bfloat16")
 
 
@@ -43,6 +50,26 @@ def add_lip_config(cfg):
     _C.MODEL.LIP.TRAIN_FROZEN_LIP = False
     # lip2d implementation: "auto" picks the best available for the tensor's device.
     _C.MODEL.LIP.IMPL = "auto"
+    # Where LIP replaces a pooling in a LIP-DenseNet; any subset of DENSENET_LIP_PLACES (paper:
+    # all four). STEM_LOGIT, BLOCK_LOGIT (here: the transitions'), BOTTLENECK_WIDTH, GATE_COEFF,
+    # TRAIN_FROZEN_LIP and IMPL apply to LIP-DenseNet as to LIP-ResNet.
+    _C.MODEL.LIP.DENSENET_PLACES = list(DENSENET_LIP_PLACES)
+
+    # (LIP-)DenseNet-BC bottom-ups (lip_det.modeling.lip_densenet).
+    _C.MODEL.DENSENET = CN()
+    # 121, 169 or 201: dense layers per block (6, 12, 24, 16), (6, 12, 32, 32), (6, 12, 48, 32).
+    _C.MODEL.DENSENET.DEPTH = 121
+    # Outputs: "stem", "dense2" (denseblock1, stride 4) ... "dense5" (denseblock4 + final norm +
+    # ReLU, stride 32); a stage's output is its dense block's concatenated features.
+    _C.MODEL.DENSENET.OUT_FEATURES = ["dense2", "dense3", "dense4", "dense5"]
+    # Norm of the stem, dense layers, transitions and final norm: "FrozenBN", "BN", "SyncBN", "GN".
+    _C.MODEL.DENSENET.NORM = "FrozenBN"
+    # Channels each dense layer adds, k (DenseNet-121/169/201: 32).
+    _C.MODEL.DENSENET.GROWTH_RATE = 32
+    # Width of a dense layer's 1x1 bottleneck conv, in multiples of GROWTH_RATE (DenseNet-BC: 4).
+    _C.MODEL.DENSENET.BN_SIZE = 4
+    # Channels of the stem's 7x7 conv (DenseNet-121/169/201: 64).
+    _C.MODEL.DENSENET.STEM_OUT_CHANNELS = 64
 
     _C.TEST.SMALL_OBJECT = CN()
     # Size-bucket edges in sqrt(area) pixels of the original image; the last bucket is open-ended.
@@ -73,6 +100,8 @@ def validate_lip_config(cfg):
     lip = cfg.MODEL.LIP
     for place in lip.PLACES:
         check_choice(place, LIP_PLACES, "MODEL.LIP.PLACES entry")
+    for place in lip.DENSENET_PLACES:
+        check_choice(place, DENSENET_LIP_PLACES, "MODEL.LIP.DENSENET_PLACES entry")
     check_choice(lip.STEM_LOGIT, STEM_LOGIT_MODULES, "MODEL.LIP.STEM_LOGIT")
     check_choice(lip.BLOCK_LOGIT, LOGIT_MODULES, "MODEL.LIP.BLOCK_LOGIT")
     check_choice(lip.IMPL, ("auto", *LIP_IMPLEMENTATIONS), "MODEL.LIP.IMPL")

@@ -15,7 +15,8 @@ from detectron2.utils.events import EventStorage
 
 from lip_det.data import MARKS
 from lip_det.engine import load_config
-from lip_det.modeling import LIPResNet
+from lip_det.layers import LIP
+from lip_det.modeling import DenseNet, LIPResNet
 
 YAML_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix()
@@ -30,7 +31,12 @@ TORCHVISION_INPUT = {
     "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
     "MODEL.RESNETS.STRIDE_IN_1X1": False,
 }
-LIP_BACKBONES = {"build_lip_resnet_fpn_backbone", "build_retinanet_lip_resnet_fpn_backbone"}
+LIP_BACKBONES = {
+    "build_lip_resnet_fpn_backbone",
+    "build_retinanet_lip_resnet_fpn_backbone",
+    "build_lip_densenet_fpn_backbone",
+    "build_retinanet_lip_densenet_fpn_backbone",
+}
 
 
 def _flatten(cfg, prefix=""):
@@ -56,6 +62,9 @@ def test_the_shipped_config_set():
         + ["COCO-Detection/retinanet_LIP_R_50_FPN_1x.yaml",
            "COCO-InstanceSegmentation/mask_rcnn_LIP_R_50_FPN_1x.yaml",
            "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml", "Demo/faster_rcnn_R_18_FPN_demo.yaml"]
+        + ["COCO-Detection/faster_rcnn_LIP_DenseNet_121_FPN_1x.yaml",
+           "COCO-Detection/faster_rcnn_DenseNet_121_FPN_1x.yaml",
+           "COCO-Detection/retinanet_LIP_DenseNet_121_FPN_1x.yaml"]
     )  # fmt: skip
     # A new config must be added here on purpose (and so be covered by the tests below).
     assert (CONFIGS / LAZY_CONFIG).is_file()
@@ -111,7 +120,11 @@ def test_config_uses_torchvision_input_convention(name):
         assert weights == ""  # the demo trains from scratch: nothing to download
     else:
         # A local file the converter writes, of the depth the config builds.
-        assert weights.startswith("weights/") and f"R-{cfg.MODEL.RESNETS.DEPTH}" in weights
+        if "densenet" in cfg.MODEL.BACKBONE.NAME:
+            depth = f"DenseNet-{cfg.MODEL.DENSENET.DEPTH}"
+        else:
+            depth = f"R-{cfg.MODEL.RESNETS.DEPTH}"
+        assert weights.startswith("weights/") and depth in weights
 
 
 def _tiny_cfg(name, *extra):
@@ -171,8 +184,11 @@ def test_config_trains_one_iteration_and_infers(name, synthetic_coco):
     model = build_model(cfg)
     backbone = model.backbone.bottom_up
     is_lip = cfg.MODEL.BACKBONE.NAME in LIP_BACKBONES
-    assert isinstance(backbone, LIPResNet) == is_lip
-    assert backbone.output_shape()["res5"].stride == 32
+    densenet = isinstance(backbone, DenseNet)  # (LIP or plain: one module tree)
+    last, first_lip = ("dense5", ".dense3.transition.") if densenet else ("res5", ".res3.0.")
+    assert isinstance(backbone, LIPResNet) == (is_lip and not densenet)
+    assert any(isinstance(m, LIP) for m in backbone.modules()) == is_lip
+    assert backbone.output_shape()[last].stride == 32
 
     batch = _train_batch(cfg)
     # The mapper applied the config's input convention: RGB at the 64 px training size.
@@ -185,7 +201,7 @@ def test_config_trains_one_iteration_and_infers(name, synthetic_coco):
     changed, trainable = _check_one_iteration(model, build_optimizer(cfg, model), batch, expected)
 
     # Every part of the detector learns: late backbone stage, FPN, and the heads.
-    for part in ("backbone.bottom_up.res5.", "backbone.fpn_", "head." if "RetinaNet" in
+    for part in (f"backbone.bottom_up.{last}.", "backbone.fpn_", "head." if "RetinaNet" in
                  cfg.MODEL.META_ARCHITECTURE else "roi_heads."):  # fmt: skip
         assert any(n.startswith(part) for n in changed), part
     # FREEZE_AT: the stem (and res2 when 2) stays fixed; so do the LIPs inside them.
@@ -195,8 +211,8 @@ def test_config_trains_one_iteration_and_infers(name, synthetic_coco):
         assert not any(n.startswith("backbone.bottom_up.stem.") for n in trainable)
     else:
         assert not frozen
-    if is_lip:  # LIP logit heads in res3-res5 receive gradients and move
-        assert any(".res3.0." in n and "lip" in n for n in changed)
+    if is_lip:  # LIP logit heads in res3-res5 (dense3-dense5) receive gradients and move
+        assert any(first_lip in n and "lip" in n for n in changed)
 
     _check_inference(model, cfg, batch)
 

@@ -1,15 +1,36 @@
 """LIP-ResNet building blocks: the stem and the stride-2 residual blocks that use LIP.
 
 All other blocks of a LIP-ResNet are detectron2's own ``BottleneckBlock`` / ``BasicBlock``.
+
+``recompute=True`` (or :func:`set_lip_recompute` on a built model) recomputes each block's LIP
+part -- the shared logit trunk, the logit heads and the pooling -- in the backward pass instead
+of keeping its activations (``torch.utils.checkpoint``, non-reentrant): autograd then keeps
+nothing for LIP beyond the tensors the block keeps anyway, for one more forward pass of the logit
+modules per training step.
 """
 
 import fvcore.nn.weight_init as weight_init
+import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import LIP, BottleneckTrunk, build_logit_module
 
-__all__ = ["LIPStem", "LIPBottleneckBlock", "LIPBasicBlock"]
+__all__ = ["LIPBasicBlock", "LIPBottleneckBlock", "LIPStem", "set_lip_recompute"]
+
+
+def set_lip_recompute(module, enabled=True):
+    """Turn recomputation of the LIP parts on (or off) in every LIP block and stem of
+    ``module``; returns the number of blocks changed."""
+    blocks = [m for m in module.modules() if isinstance(m, (LIPStem, _LIPBlockMixin))]
+    for block in blocks:
+        block.recompute = bool(enabled)
+    return len(blocks)
+
+
+def _recomputing(block):
+    return block.recompute and block.training and torch.is_grad_enabled()
 
 
 class LIPStem(CNNBlockBase):
@@ -20,9 +41,10 @@ class LIPStem(CNNBlockBase):
 
     def __init__(
         self, in_channels=3, out_channels=64, *, norm="BN", logit="simplified", gate_coeff=12.0,
-        impl="auto",
+        impl="auto", recompute=False,
     ):  # fmt: skip
         super().__init__(in_channels, out_channels, 4)
+        self.recompute = recompute
         self.conv1 = Conv2d(
             in_channels,
             out_channels,
@@ -38,7 +60,10 @@ class LIPStem(CNNBlockBase):
         )
 
     def forward(self, x):
-        return self.lip(F.relu_(self.conv1(x)))
+        x = F.relu_(self.conv1(x))
+        if _recomputing(self):
+            return checkpoint(self.lip, x, use_reentrant=False)
+        return self.lip(x)
 
 
 class _LIPBlockMixin:
@@ -50,8 +75,9 @@ class _LIPBlockMixin:
 
     def _build_lips(
         self, *, in_channels, main_channels, main_features, lip_main, lip_shortcut, logit,
-        bottleneck_width, gate_coeff, impl,
+        bottleneck_width, gate_coeff, impl, recompute,
     ):  # fmt: skip
+        self.recompute = recompute
         self.logit_trunk = None
         if logit == "bottleneck" and (lip_main or lip_shortcut):
             self.logit_trunk = BottleneckTrunk(in_channels, bottleneck_width)
@@ -63,6 +89,27 @@ class _LIPBlockMixin:
 
         self.main_lip = make(main_features, main_channels) if lip_main else None
         self.shortcut_lip = make(in_channels, in_channels) if lip_shortcut else None
+
+    def _lip_outputs(self, x, main_input):
+        """The pooled (main, shortcut) of the LIPs this block has, as a tuple."""
+        shared = self.logit_trunk(x) if self.logit_trunk is not None else None
+        pooled = []
+        if self.main_lip is not None:
+            pooled.append(self.main_lip(main_input, shared))
+        if self.shortcut_lip is not None:
+            pooled.append(self.shortcut_lip(x, shared))
+        return tuple(pooled)
+
+    def _pool(self, x, main_input):
+        """(main branch input, shortcut branch input) after LIP, where the block has one."""
+        if _recomputing(self):
+            pooled = checkpoint(self._lip_outputs, x, main_input, use_reentrant=False)
+        else:
+            pooled = self._lip_outputs(x, main_input)
+        pooled = list(pooled)
+        main = pooled.pop(0) if self.main_lip is not None else main_input
+        shortcut = pooled.pop(0) if self.shortcut_lip is not None else x
+        return main, shortcut
 
 
 class LIPBottleneckBlock(_LIPBlockMixin, CNNBlockBase):
@@ -80,7 +127,7 @@ class LIPBottleneckBlock(_LIPBlockMixin, CNNBlockBase):
     def __init__(
         self, in_channels, out_channels, *, bottleneck_channels, stride=2, num_groups=1,
         norm="BN", stride_in_1x1=False, lip_main=True, lip_shortcut=True,
-        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto",
+        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto", recompute=False,
     ):  # fmt: skip
         super().__init__(in_channels, out_channels, stride)
         if not (lip_main or lip_shortcut):
@@ -138,16 +185,13 @@ class LIPBottleneckBlock(_LIPBlockMixin, CNNBlockBase):
             bottleneck_width=bottleneck_width,
             gate_coeff=gate_coeff,
             impl=impl,
+            recompute=recompute,
         )
 
     def forward(self, x):
-        shared = self.logit_trunk(x) if self.logit_trunk is not None else None
-        out = F.relu_(self.conv1(x))
-        if self.main_lip is not None:
-            out = self.main_lip(out, shared)
+        out, shortcut = self._pool(x, F.relu_(self.conv1(x)))
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
-        shortcut = x if self.shortcut_lip is None else self.shortcut_lip(x, shared)
         return F.relu_(out + self.shortcut(shortcut))
 
 
@@ -166,7 +210,7 @@ class LIPBasicBlock(_LIPBlockMixin, CNNBlockBase):
 
     def __init__(
         self, in_channels, out_channels, *, stride=2, norm="BN", lip_main=True, lip_shortcut=True,
-        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto",
+        logit="bottleneck", bottleneck_width=128, gate_coeff=12.0, impl="auto", recompute=False,
     ):  # fmt: skip
         super().__init__(in_channels, out_channels, stride)
         if not (lip_main or lip_shortcut):
@@ -209,12 +253,11 @@ class LIPBasicBlock(_LIPBlockMixin, CNNBlockBase):
             bottleneck_width=bottleneck_width,
             gate_coeff=gate_coeff,
             impl=impl,
+            recompute=recompute,
         )
 
     def forward(self, x):
-        shared = self.logit_trunk(x) if self.logit_trunk is not None else None
-        out = x if self.main_lip is None else self.main_lip(x, shared)
+        out, shortcut = self._pool(x, x)
         out = F.relu_(self.conv1(out))
         out = self.conv2(out)
-        shortcut = x if self.shortcut_lip is None else self.shortcut_lip(x, shared)
         return F.relu_(out + self.shortcut(shortcut))
