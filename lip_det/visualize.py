@@ -223,22 +223,102 @@ def _read_rgb_and_model_input(path, input_format):
     return rgb, model_input
 
 
-def visualize_images(config_file, inputs, out_dir, *, opts=(), normalize="layer", threads=None):
-    """Importance maps of every LIP layer for each image in ``inputs``, saved with
-    :func:`save_importance` under ``out_dir``; returns the written paths."""
-    from tqdm import tqdm
+def _check_output_folder(out_dir):
+    """SetupError unless ``out_dir`` is a folder or can be created as one."""
+    from .engine import SetupError
 
-    if threads:
-        torch.set_num_threads(threads)
-    model, input_format, resize = _build_model(config_file, opts)
-    stems, written = set(), []
-    for path in tqdm(inputs, desc="importance maps", unit="img", disable=len(inputs) < 4):
-        rgb, model_input = _read_rgb_and_model_input(path, input_format)
-        resized = resize.get_transform(model_input).apply_image(model_input)
-        maps = importance_maps(model, resized, normalize=normalize, size=rgb.shape[:2])
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SetupError(f"--output {out_dir!r} is a file; expected a folder for the maps")
+    folder = os.path.abspath(out_dir)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # the first existing folder above it
+    if not os.path.isdir(folder):
+        raise SetupError(f"--output {out_dir!r} cannot be created: {folder!r} is a file")
+
+
+def _file_ids(path):
+    """What makes two paths the same file: the real path and, for an existing file, its device
+    and inode (hard links)."""
+    ids = {os.path.realpath(path)}
+    try:
+        stat = os.stat(path)
+        ids.add((stat.st_dev, stat.st_ino))
+    except OSError:
+        pass
+    return ids
+
+
+def _plan(inputs, out_dir, places):
+    """[(input, stem, its layer PNGs, its figure)]: what :func:`save_importance` will write for
+    each input. Inputs with the same file name (from different folders) get distinct stems."""
+    stems, plan = set(), []
+    for path in inputs:
         stem = os.path.splitext(os.path.basename(path))[0]
         while stem in stems:  # same file name from another folder: keep both
             stem += "_"
         stems.add(stem)
+        folder = os.path.join(out_dir, stem)
+        layers = [os.path.join(folder, f"{i}_{place}.png") for i, place in enumerate(places)]
+        plan.append((path, stem, layers, os.path.join(out_dir, f"{stem}_layers.png")))
+    return plan
+
+
+def _check_plan(plan, out_dir, overwrite):
+    """SetupError before anything is written if a PNG to write is an input (even with
+    ``overwrite``), a folder, or (without ``overwrite``) an existing file, or if a folder to
+    create is a file."""
+    from .engine import SetupError
+
+    inputs = {file_id: path for path, *_ in plan for file_id in _file_ids(path)}
+    existing = []
+    for path, _stem, layers, figure in plan:
+        folder = os.path.dirname(layers[0]) if layers else None
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise SetupError(
+                f"--output {out_dir!r}: {folder!r} is a file, where the maps of --input "
+                f"{path!r} go into a folder of that name; move it or choose another --output"
+            )
+        for png in [*layers, figure]:
+            source = next((inputs[i] for i in _file_ids(png) if i in inputs), None)
+            if source is not None:
+                raise SetupError(
+                    f"--input {source!r} is also a file the maps of --input {path!r} would be "
+                    "written to (not even --overwrite replaces an input); choose another --output"
+                )
+            if os.path.isdir(png):
+                raise SetupError(f"--output {out_dir!r}: {png!r} is a folder, expected a PNG")
+            if os.path.lexists(png):
+                existing.append(png)
+    if existing and not overwrite:
+        raise SetupError(
+            f"--output {out_dir!r} already holds {len(existing)} of the PNGs this run would write "
+            f"(e.g. {existing[0]!r}); pass --overwrite to replace them, or choose another --output"
+        )
+
+
+def visualize_images(
+    config_file, inputs, out_dir, *, opts=(), normalize="layer", threads=None, overwrite=True
+):
+    """Importance maps of every LIP layer for each image in ``inputs``, saved with
+    :func:`save_importance` under ``out_dir``; returns the written paths.
+
+    Raises SetupError before anything is written if ``out_dir`` or a folder in it is a file, if
+    a PNG to write is one of ``inputs`` or a folder, or, with ``overwrite=False`` (what
+    tools/visualize_importance.py passes without --overwrite), if one exists already."""
+    from tqdm import tqdm
+
+    _check_output_folder(out_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    model, input_format, resize = _build_model(config_file, opts)
+    plan = _plan(inputs, out_dir, list(find_lip_layers(model.backbone)))
+    _check_plan(plan, out_dir, overwrite)
+    written = []
+    for path, stem, _layers, _figure in tqdm(
+        plan, desc="importance maps", unit="img", disable=len(plan) < 4
+    ):
+        rgb, model_input = _read_rgb_and_model_input(path, input_format)
+        resized = resize.get_transform(model_input).apply_image(model_input)
+        maps = importance_maps(model, resized, normalize=normalize, size=rgb.shape[:2])
         written += save_importance(rgb, maps, out_dir, stem, normalize=normalize)
     return written

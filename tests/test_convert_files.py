@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from lip_det.checkpoint.convert import read_checkpoint
+from lip_det.checkpoint.files import read_checkpoint_file
+from lip_det.checkpoint.weights import WeightsError, check_weights_file
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_lip_to_d2.py"
 
@@ -185,3 +187,74 @@ def test_command_line_exit_status_and_stderr(tmp_path):
         f"error: {src}: not a checkpoint (neither a torch.save file nor a pickle; it starts with "
         "b'not a ch')"
     ]
+
+
+# ---- the one reader: what the MODEL.WEIGHTS check and the converters see -----------------------
+
+
+def test_reader_finds_the_tensors_where_each_writer_puts_them(tmp_path):
+    d2_state = {"backbone.res2.0.conv1.weight": torch.zeros(2, 3)}
+    cases = [
+        # (file, content, wrapper, author, matching heuristics, detectron2 loads it)
+        ("d2.pkl", pickle.dumps({"model": {k: v.numpy() for k, v in d2_state.items()},
+                                 "__author__": "lip_det", "matching_heuristics": False}),
+         "model", "lip_det", False, True),
+        ("R-50.pkl", pickle.dumps(CAFFE2_BLOBS), None, None, True, True),
+        ("det.pkl", pickle.dumps({"blobs": CAFFE2_BLOBS}), "blobs", None, True, True),
+        ("run.pth", torch_bytes({"model": d2_state, "iteration": 9}), "model", None, False, True),
+        ("c2.pth", torch_bytes({"model": d2_state, "matching_heuristics": True}), "model", None,
+         True, True),
+        ("main.pth.tar", torch_bytes({"state_dict": d2_state, "epoch": 3}), "state_dict", None,
+         False, False),
+        ("bare.pth", torch_bytes(d2_state), None, None, False, True),
+    ]  # fmt: skip
+    for name, content, wrapper, author, heuristics, loads in cases:
+        path = tmp_path / name
+        path.write_bytes(content)
+        checkpoint = read_checkpoint_file(path, by_extension=True)
+        assert checkpoint.wrapper == wrapper and checkpoint.author == author, name
+        assert checkpoint.matching_heuristics is heuristics, name
+        assert checkpoint.detectron2_loads_it is loads, name
+        assert all(isinstance(v, torch.Tensor) for v in checkpoint.state.values()), name
+
+
+def test_converter_reads_a_model_entry_and_the_weights_check_refuses_a_state_dict_entry(tmp_path):
+    path = tmp_path / "resnet.pth"
+    path.write_bytes(torch_bytes({"model": STATE, "epoch": 90}))  # torchvision's references
+    assert list(read_checkpoint(path)) == list(STATE)
+    # a detectron2 model saved under "state_dict": detectron2 would load none of it
+    path.write_bytes(torch_bytes({"state_dict": {"backbone.res2.0.conv1.weight": torch.zeros(2)}}))
+    with pytest.raises(WeightsError) as e:
+        check_weights_file(path, {"backbone.res2.0.conv1.weight": (2,)})
+    assert str(e.value) == (
+        f"MODEL.WEIGHTS: {path} holds its tensors under 'state_dict', where detectron2 does not "
+        "look (it loads a file's 'model', or the whole file), so it would load none of them; save "
+        "them as {'model': state_dict}"
+    )
+
+
+def torchvision_resnet18_names():
+    """{name: shape} of torchvision's ResNet-18 (call on the meta device)."""
+    import torchvision
+
+    return {n: tuple(t.shape) for n, t in torchvision.models.resnet18().state_dict().items()}
+
+
+def test_an_interrupted_write_leaves_the_previous_output(tool, capsys, tmp_path, monkeypatch):
+    src, dst = tmp_path / "resnet18.pth", tmp_path / "out.pkl"
+    with torch.device("meta"):
+        names = torchvision_resnet18_names()
+    src.write_bytes(torch_bytes({n: torch.zeros(s) for n, s in names.items()}))
+    assert tool.main([str(src), str(dst)]) == 0
+    capsys.readouterr()
+    written = dst.read_bytes()
+
+    def dump_half_then_fail(obj, f, protocol=None):
+        f.write(pickle.dumps(obj, protocol=protocol)[:1000])  # what a kill mid-write leaves
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", dump_half_then_fail)
+    assert tool.main([str(src), str(dst), "--overwrite"]) == 1  # one error line, no traceback
+    assert capsys.readouterr().err == f"error: {dst}: cannot write it (No space left on device)\n"
+    assert dst.read_bytes() == written  # the complete file of the first run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pkl", "resnet18.pth"]

@@ -9,14 +9,17 @@
     python tools/convert_lip_to_d2.py resnet50-0676ba61.pth weights/R-50-torchvision.pkl --plain
 
 The source layout (lip, torchvision, msra) and the depth are read from the file; --from and
---depth make them checks. The logic lives in lip_det/convert.py.
+--depth make them checks. An existing output is replaced only with --overwrite, the source never.
+The logic lives in lip_det/checkpoint/convert.py.
 """
 
 import argparse
 import sys
 
 import lip_det  # noqa: F401  (detectron2 compatibility fixes before any detectron2 import)
+from lip_det.checkpoint.conversion import check_output
 from lip_det.checkpoint.convert import DEFAULT_PREFIX, SOURCES, ConversionError, convert_file
+from lip_det.checkpoint.files import Detectron2CheckpointError
 from lip_det.modeling import NUM_BLOCKS_PER_STAGE
 
 
@@ -59,6 +62,9 @@ def get_parser():
         help="msra only: keep caffe2's BGR / std-1 input instead of rewriting conv1 for the RGB, "
         "torchvision-normalised input of lip_det's configs",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it exists (never SRC itself)"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every mapped tensor")
     return parser
 
@@ -66,6 +72,8 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
+        # the output before the (slow) reading and converting
+        check_output(args.dst, args.prefix, source=args.src, overwrite=args.overwrite)
         conversion = convert_file(
             args.src,
             args.dst,
@@ -75,6 +83,9 @@ def main(argv=None):
             prefix=args.prefix,
             keep_input_format=args.keep_input_format,
         )
+    except Detectron2CheckpointError as e:
+        print(f"error: {e.for_depth(args.depth)}", file=sys.stderr)
+        return 1
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

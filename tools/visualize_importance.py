@@ -11,7 +11,8 @@ at the image's size) and OUTPUT/IMG_layers.png (the image and all layers in one 
 the channel mean of exp(logit), normalised per layer (1 = the layer's maximum) or, with
 --normalize window, as the softmax share of each position in the window centred on it; see
 lip_det/visualize.py. Works with any config whose backbone has LIP layers (yacs .yaml or
-LazyConfig .py; KEY VALUE or key=value overrides as in tools/train_net.py).
+LazyConfig .py; KEY VALUE or key=value overrides as in tools/train_net.py). PNGs that exist
+already are replaced only with --overwrite; an input, never.
 """
 
 import argparse
@@ -33,6 +34,9 @@ def get_parser():
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--normalize", default="layer", choices=NORMALIZATIONS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace PNGs of an earlier run in --output"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE)")
     return parser
 
@@ -47,6 +51,7 @@ def main(argv=None):
             opts=args.opts,
             normalize=args.normalize,
             threads=args.threads,
+            overwrite=args.overwrite,
         )
     except SetupError as e:
         sys.exit(f"error: {e}")

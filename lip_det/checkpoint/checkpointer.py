@@ -5,7 +5,9 @@ goes to a temporary name, is fsync'ed, then renamed into place, so a run killed 
 
 fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` write through
 ``self.path_manager.open``: that is the one thing changed (:func:`make_atomic`), so the rest of
-saving stays fvcore's and detectron2's.
+saving stays fvcore's and detectron2's. The converters write their ``.pkl`` with
+:func:`atomic_write` too (:func:`~.conversion.save_d2_checkpoint`): this is lip_det's one writer
+of checkpoint files.
 """
 
 import contextlib

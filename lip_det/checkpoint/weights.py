@@ -7,15 +7,20 @@ the run trains from random weights; a text file fails deep inside ``torch.load``
 detectron2's ``DetectionCheckpointer`` reads it (``.pkl``: a pickle, detectron2 or caffe2
 format; anything else: ``torch.load``), the file must be
 
-- a checkpoint at all (not text, not truncated), in the format its extension promises;
+- a checkpoint at all (not text, not truncated), in the format its extension promises, with
+  its tensors where detectron2 looks (a ``"model"`` entry or the whole file, not ``"state_dict"``);
 - not an ImageNet classification checkpoint in torchvision or LIP layout: those need
   ``tools/convert_lip_to_d2.py``;
-- a match for part of the model: at least one tensor of its backbone, by exact name and shape.
-  A partial match is legitimate (LIP modules start fresh from plain-ResNet weights, heads from
-  backbone-only weights; detectron2 lists what it did not find). Caffe2 ``.pkl`` files, which
-  detectron2 matches by name heuristics, are not checked this way;
+- a match for part of the model: at least one tensor of its backbone, by exact name and shape,
+  and a ResNet of the model's depth where both are ResNets (else detectron2 would load the blocks
+  the two depths share). A partial match is legitimate (LIP modules start fresh from
+  plain-ResNet weights, heads from backbone-only weights; detectron2 lists what it did not
+  find). Caffe2 ``.pkl`` files, which detectron2 matches by name heuristics, are not checked
+  this way;
 - with ``--eval-only``, a match for every tensor of the model: anything missing or of another
-  shape would be evaluated with untrained weights.
+  shape would be evaluated with untrained weights; and LIP in the same places
+  (``MODEL.LIP.PLACES`` / ``MODEL.LIP.DENSENET_PLACES``, read from the LIP layers' tensor names
+  of the file and of the model): trained LIP layers would be dropped, or fresh ones evaluated.
 
 Files that hold Python objects besides tensors are not unpickled (that could run code from the
 file); they are left to detectron2.
@@ -23,18 +28,15 @@ file); they are left to detectron2.
 
 import logging
 import os
+import re
 
 import torch
 from detectron2.config import instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from .convert import (
-    SOURCE_TITLES,
-    ConversionError,
-    UnsafeCheckpointError,
-    detect_source,
-    load_checkpoint_file,
-)
+from ..config import DENSENET_LIP_PLACES, LIP_PLACES
+from .convert_resnet import SOURCE_TITLES, detect_source
+from .files import CheckpointError, UnsafeCheckpointError, detectron2_resnet, read_checkpoint_file
 
 __all__ = ["WeightsError", "check_weights_file", "model_tensor_shapes"]
 
@@ -71,49 +73,79 @@ def model_tensor_shapes(cfg):
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _state_of(obj, file_format):
-    """(state dict, detectron2 matches names by heuristics) as DetectionCheckpointer reads it."""
-    if file_format == "pickle":
-        if isinstance(obj, dict) and "model" in obj and "__author__" in obj:
-            return obj["model"], bool(obj.get("matching_heuristics", False))
-        if isinstance(obj, dict) and "blobs" in obj:  # a caffe2 detection model
-            obj = obj["blobs"]
-        return obj, True
-    if isinstance(obj, dict) and "model" in obj:
-        return obj["model"], bool(obj.get("matching_heuristics", False))
-    return obj, False
-
-
 def _read(path):
-    """The state dict in ``path`` and whether detectron2 matches it by heuristics, or None when
-    it is left to detectron2."""
+    """The file ``path`` as detectron2 would open it (:class:`~.files.CheckpointFile`), or None
+    when it is left to detectron2."""
     if path.endswith(".pyth"):  # pycls; detectron2 reads it its own way
         return None
     try:
-        obj, file_format = load_checkpoint_file(path)
+        return read_checkpoint_file(path, by_extension=True)
     except UnsafeCheckpointError as e:
         logger.info(f"Not checking {path} before loading it: {e}")
         return None
-    if path.endswith(".pkl") and file_format == "torch":
-        raise ConversionError(
-            f"{path}: a torch.save file named .pkl; detectron2 reads .pkl files with pickle, "
-            "which cannot read it: rename it to .pth"
-        )
-    if not path.endswith(".pkl") and file_format == "pickle":
-        raise ConversionError(
-            f"{path}: a pickle of arrays (detectron2's .pkl format) under another extension; "
-            "detectron2 reads it only as .pkl: rename it"
-        )
-    state, heuristics = _state_of(obj, file_format)
-    if not isinstance(state, dict) or not any(
-        hasattr(v, "shape") and hasattr(v, "dtype") for v in state.values()
-    ):
-        found = "a dict without tensors" if isinstance(state, dict) else type(state).__name__
-        raise ConversionError(f"{path}: not a model checkpoint: it holds {found}")
-    state = {str(k): v for k, v in state.items() if hasattr(v, "shape")}
-    if all(k.startswith("module.") for k in state):  # detectron2 strips it too
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state, heuristics
+
+
+# The tensors of a LIP layer, by name, and the place it stands for: LIP-ResNet's stem LIP and the
+# main/shortcut LIPs of the first blocks of res3-res5; LIP-DenseNet's stem LIP and the LIPs of the
+# transitions that start dense3-dense5 (transition1-3).
+_RESNET_LIP = re.compile(r"(?:^|\.)(?:(stem)\.lip|(res[3-5])\.0\.(main|shortcut)_lip)\.")
+_DENSENET_LIP = re.compile(r"(?:^|\.)(?:(stem)\.lip|dense([3-5])\.transition\.lip)\.")
+_DENSENET = re.compile(r"(?:^|\.)dense[2-5]\.")
+
+
+def _lip_places(names):
+    """(config key, the LIP places the tensor names ``names`` hold, in the key's order) of a
+    (LIP-)ResNet or (LIP-)DenseNet: ``("MODEL.LIP.PLACES", ["stem", "res3.main", ...])``."""
+    names = list(names)
+    if any(_DENSENET.search(name) for name in names):
+        key, order, pattern = "MODEL.LIP.DENSENET_PLACES", DENSENET_LIP_PLACES, _DENSENET_LIP
+    else:
+        key, order, pattern = "MODEL.LIP.PLACES", LIP_PLACES, _RESNET_LIP
+    found = set()
+    for name in names:
+        match = pattern.search(name)
+        if match and match[1]:
+            found.add("stem")
+        elif match and pattern is _RESNET_LIP:
+            found.add(f"{match[2]}.{match[3]}")
+        elif match:
+            found.add(f"transition{int(match[2]) - 2}")
+    return key, [place for place in order if place in found]
+
+
+def _check_places(path, state, expected, key):
+    """At --eval-only: the file's LIP layers must be the model's (see the module docstring)."""
+    places_key, trained = _lip_places(state)
+    model_key, configured = _lip_places(expected)
+    if not trained or places_key != model_key or trained == configured:
+        return  # no LIP layers in the file (plain weights: "lacks" tells), or the same ones
+    dropped = [place for place in trained if place not in configured]
+    fresh = [place for place in configured if place not in trained]
+    effects = []
+    if dropped:
+        effects.append(f"drop the trained LIP layers of {dropped!r}")
+    if fresh:
+        effects.append(f"evaluate untrained LIP layers in {fresh!r}")
+    has = f" has {configured!r}" if configured else "'s model has no LIP layers"
+    raise WeightsError(
+        f"{key}: {path} was trained with {places_key} {trained!r} but the config{has}; "
+        f"--eval-only would {' and '.join(effects)}. Evaluate it with the {places_key} it was "
+        "trained with"
+    )
+
+
+def _check_depth(path, state, expected, key):
+    """Both ResNets of known depths: the same depth (see the module docstring)."""
+    found, model = detectron2_resnet(state), detectron2_resnet(expected)
+    if not found or not model or None in (found[0], model[0]) or found[0] == model[0]:
+        return
+    raise WeightsError(
+        f"{key}: {path} holds the weights of a ResNet-{found[0]} (blocks per stage {found[1]}), "
+        f"but the model's backbone is a ResNet-{model[0]} ({model[1]}): the depth differs, so "
+        "detectron2 would load only the tensors the two share by name and shape. Use weights of "
+        f"a ResNet-{model[0]} (tools/convert_lip_to_d2.py converts ImageNet ones; --depth "
+        f"{model[0]} checks the depth) or a config of depth {found[0]}"
+    )
 
 
 def _example(names):
@@ -128,12 +160,13 @@ def check_weights_file(path, expected, *, key="MODEL.WEIGHTS", eval_only=False):
     """
     path = os.fspath(path)
     try:
-        found = _read(path)
-    except ConversionError as e:
+        checkpoint = _read(path)
+    except CheckpointError as e:
         raise WeightsError(f"{key}: {e}") from e
-    if found is None:
+    if checkpoint is None:
         return
-    state, heuristics = found
+    state = {name: v for name, v in checkpoint.state.items() if hasattr(v, "shape")}
+    heuristics = checkpoint.matching_heuristics
 
     source = detect_source(state)
     if source in ("lip", "torchvision") or (source == "msra" and not heuristics):
@@ -142,8 +175,15 @@ def check_weights_file(path, expected, *, key="MODEL.WEIGHTS", eval_only=False):
             "not a detectron2 one, so detectron2 would load none of it; "
             + CONVERT_HINT.format(path=path)
         )
+    if not checkpoint.detectron2_loads_it:
+        raise WeightsError(
+            f"{key}: {path} holds its tensors under {checkpoint.wrapper!r}, where detectron2 does "
+            "not look (it loads a file's 'model', or the whole file), so it would load none of "
+            "them; save them as {'model': state_dict}"
+        )
     if heuristics:
         return  # detectron2 renames caffe2 names and matches them by suffix
+    _check_depth(path, state, expected, key)
 
     fits = {name for name, v in state.items() if expected.get(name) == tuple(v.shape)}
     backbone = {name for name in expected if name.startswith("backbone.")} or set(expected)
@@ -161,6 +201,7 @@ def check_weights_file(path, expected, *, key="MODEL.WEIGHTS", eval_only=False):
             "(backbone.bottom_up. under a FPN)"
         )
     if eval_only:
+        _check_places(path, state, expected, key)
         missing = sorted(expected.keys() - state.keys())
         other_shape = sorted(name for name in expected.keys() & state.keys() if name not in fits)
         if missing or other_shape:
