@@ -1,5 +1,6 @@
 """add_lip_config(cfg): lip_det's config keys, and validate_lip_config(cfg), their checks."""
 
+import logging
 import math
 
 from detectron2.config import CfgNode as CN
@@ -25,7 +26,20 @@ DENSENET_LIP_PLACES = (
     "transition2",  # ... before denseblock3 (-> dense4)
     "transition3",  # ... before denseblock4 (-> dense5)
 )
+# Above this SoftGate coefficient the weights exp(logit) of a window differ by more than e^30:
+# one-hot for any logits that are not all within ~1e-13 of each other.
+SATURATING_GATE_COEFF = 30.0
+# LIP-ResNet builders and the plain builders with the same outputs (for the empty-PLACES advice)
+_PLAIN_BUILDERS = {
+    "build_lip_resnet_backbone": "build_resnet_backbone",
+    "build_lip_resnet_fpn_backbone": "build_resnet_fpn_backbone",
+    "build_retinanet_lip_resnet_fpn_backbone": "build_retinanet_resnet_fpn_backbone",
+}
+_LIP_RESNET_BUILDERS = tuple(_PLAIN_BUILDERS)
 AMP_PRECISIONS = ("auto", "float16", "bfloat16")
+
+
+logger = logging.getLogger(__name__)
 
 
 def add_lip_config(cfg):
@@ -91,6 +105,38 @@ def add_lip_config(cfg):
     _C.SOLVER.AMP.PRECISION = "auto"
 
 
+# lip_det's keys whose values are floats: an integer given for one (`MODEL.LIP.GATE_COEFF 6`) is
+# taken as that float, where yacs would refuse it as a "Type mismatch".
+FLOAT_KEYS = ("MODEL.LIP.GATE_COEFF", "DATALOADER.MAX_UNREADABLE_FRACTION")
+
+
+def ints_as_floats(opts):
+    """``KEY VALUE`` overrides with an integer VALUE of a FLOAT_KEYS key written as a float."""
+    opts = list(opts)
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i] in FLOAT_KEYS and isinstance(opts[i + 1], str):
+            try:
+                opts[i + 1] = repr(float(int(opts[i + 1])))
+            except ValueError:
+                pass  # not an integer: yacs checks it
+    return opts
+
+
+def ints_as_floats_in(loaded):
+    """Turn, in place, integers at FLOAT_KEYS of a loaded yaml (nested dicts) into floats;
+    returns whether any was."""
+    changed = False
+    for key in FLOAT_KEYS:
+        *parents, leaf = key.split(".")
+        node = loaded
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and type(node.get(leaf)) is int:
+            node[leaf] = float(node[leaf])
+            changed = True
+    return changed
+
+
 def validate_lip_config(cfg):
     """
     Check the values of ``MODEL.LIP``: a ValueError naming the key, the value and the valid
@@ -98,6 +144,19 @@ def validate_lip_config(cfg):
     built, so that a typo fails in one line instead of when the model is constructed.
     """
     lip = cfg.MODEL.LIP
+    for key in ("PLACES", "DENSENET_PLACES"):
+        repeated = sorted({p for p in lip[key] if list(lip[key]).count(p) > 1}, key=str)
+        if repeated:
+            raise ValueError(
+                f"MODEL.LIP.{key} = {list(lip[key])!r} repeats {repeated!r}; list each place once"
+            )
+    if not lip.PLACES and cfg.MODEL.BACKBONE.NAME in _LIP_RESNET_BUILDERS:
+        raise ValueError(
+            "MODEL.LIP.PLACES is empty: a LIP-ResNet without LIP is detectron2's plain ResNet; "
+            f"use MODEL.BACKBONE.NAME {_PLAIN_BUILDERS[cfg.MODEL.BACKBONE.NAME]!r} (e.g. "
+            "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml), or list the places to pool "
+            "with LIP"
+        )
     for place in lip.PLACES:
         check_choice(place, LIP_PLACES, "MODEL.LIP.PLACES entry")
     for place in lip.DENSENET_PLACES:
@@ -109,4 +168,10 @@ def validate_lip_config(cfg):
         raise ValueError(f"MODEL.LIP.BOTTLENECK_WIDTH = {lip.BOTTLENECK_WIDTH} must be >= 1")
     # (the importance weights are exp(logit) with logits in (0, GATE_COEFF))
     if not (math.isfinite(lip.GATE_COEFF) and lip.GATE_COEFF > 0):
-        raise ValueError(f"MODEL.LIP.GATE_COEFF = {lip.GATE_COEFF} must be > 0 and finite")
+        raise ValueError(f"MODEL.LIP.GATE_COEFF = {lip.GATE_COEFF!r} must be > 0 and finite")
+    if lip.GATE_COEFF > SATURATING_GATE_COEFF:
+        logger.warning(
+            f"MODEL.LIP.GATE_COEFF = {lip.GATE_COEFF!r}: importance weights span up to "
+            f"e^{lip.GATE_COEFF:g}, so each window's weights are one-hot and LIP is max pooling "
+            "whose logit modules get almost no gradient (the paper uses 12)"
+        )

@@ -1,12 +1,13 @@
 """Reading yacs (``.yaml``) and LazyConfig (``.py``) config files, with one-line errors, and
 :class:`RunSettings`: what the launcher needs to know of either kind of config."""
 
+import functools
 import os
 from dataclasses import dataclass
 
 from detectron2.config import LazyConfig, get_cfg
 
-from ..config import add_lip_config
+from ..config import add_lip_config, ints_as_floats, ints_as_floats_in
 from .errors import SetupError
 from .moved_paths import update_moved_targets
 
@@ -53,8 +54,8 @@ def load_config(config_file, opts=()):
     _check_config_file(config_file)
     cfg = get_lip_cfg()
     for source, merge, arg in (
-        (config_file, cfg.merge_from_file, config_file),
-        ("command-line overrides", cfg.merge_from_list, list(opts)),
+        (config_file, functools.partial(_merge_file, cfg), config_file),
+        ("command-line overrides", cfg.merge_from_list, ints_as_floats(list(opts))),
     ):
         try:
             merge(arg)
@@ -64,6 +65,20 @@ def load_config(config_file, opts=()):
             raise SetupError(f"{source}: {message}") from e
     cfg.freeze()
     return cfg
+
+
+# Keys that detectron2 reads with a default when a LazyConfig leaves them out (default_setup:
+# train.seed, -1 = random), so that an override may add them.
+OPTIONAL_LAZY_KEYS = ("train.seed",)
+
+
+def _merge_file(cfg, config_file):
+    """cfg.merge_from_file, except that an integer given for one of lip_det's float keys
+    (``GATE_COEFF: 6``) is taken as a float instead of yacs' "Type mismatch"."""
+    loaded = cfg.load_yaml_with_base(config_file, allow_unsafe=True)
+    if not ints_as_floats_in(loaded):
+        return cfg.merge_from_file(config_file)  # (detectron2's VERSION handling included)
+    return cfg.merge_from_other_cfg(type(cfg)(loaded))
 
 
 def load_lazy_config(config_file, opts=()):
@@ -84,7 +99,7 @@ def load_lazy_config(config_file, opts=()):
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is None or not OmegaConf.is_dict(node):
             raise SetupError(f"command-line overrides: Non-existent key: {parent or key}")
-        if leaf not in node and "_target_" not in node:
+        if leaf not in node and "_target_" not in node and key not in OPTIONAL_LAZY_KEYS:
             raise SetupError(f"command-line overrides: Non-existent key: {key}")
     try:
         return LazyConfig.apply_overrides(cfg, list(opts))
