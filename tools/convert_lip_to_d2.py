@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert an ImageNet (LIP-)ResNet checkpoint into a detectron2 checkpoint for MODEL.WEIGHTS.
+"""Convert an ImageNet (LIP-)ResNet or (LIP-)DenseNet checkpoint into a detectron2 checkpoint for
+MODEL.WEIGHTS.
 
     # the authors' published LIP-ResNet-50 -> lip_det's LIP-ResNet-50 (every tensor one-to-one)
     python tools/convert_lip_to_d2.py lip_resnet-50.pth weights/LIP-R-50.pkl --from lip
@@ -7,9 +8,13 @@
     python tools/convert_lip_to_d2.py resnet50-0676ba61.pth weights/LIP-R-50-from-torchvision.pkl
     # ... or of detectron2's plain ResNet-50 (the plain twin of the LIP configs)
     python tools/convert_lip_to_d2.py resnet50-0676ba61.pth weights/R-50-torchvision.pkl --plain
+    # the published LIP-DenseNet-121, and torchvision's DenseNet-121 for the plain twin
+    python tools/convert_lip_to_d2.py lip_densenet_121.pth weights/LIP-DenseNet-121.pkl --from lip
+    python tools/convert_lip_to_d2.py densenet121-a639ec97.pth weights/DenseNet-121.pkl --plain
 
-The source layout (lip, torchvision, msra) and the depth are read from the file; --from and
---depth make them checks. An existing output is replaced only with --overwrite, the source never.
+The architecture, the source layout (lip, torchvision, msra) and the depth are read from the
+file; --arch, --from and --depth make them checks. An existing output is replaced only with
+--overwrite, the source never.
 The logic lives in lip_det/checkpoint/convert.py.
 """
 
@@ -18,9 +23,15 @@ import sys
 
 import lip_det  # noqa: F401  (detectron2 compatibility fixes before any detectron2 import)
 from lip_det.checkpoint.conversion import check_output
-from lip_det.checkpoint.convert import DEFAULT_PREFIX, SOURCES, ConversionError, convert_file
+from lip_det.checkpoint.convert import (
+    ARCHITECTURES,
+    DEFAULT_PREFIX,
+    SOURCES,
+    ConversionError,
+    convert_file,
+)
 from lip_det.checkpoint.files import Detectron2CheckpointError
-from lip_det.modeling import NUM_BLOCKS_PER_STAGE
+from lip_det.modeling import NUM_BLOCKS_PER_STAGE, NUM_LAYERS_PER_BLOCK
 
 
 def get_parser():
@@ -36,19 +47,28 @@ def get_parser():
         dest="source",
         choices=("auto", *SOURCES),
         default="auto",
-        help="layout of SRC: lip = the published LIP-ResNets, torchvision, msra = detectron2's "
+        help="layout of SRC: lip = the published LIP-ResNets and LIP-DenseNet-121, torchvision, "
+        "msra = detectron2's "
         "caffe2 R-50.pkl/R-101.pkl; anything but auto fails unless SRC has that layout",
     )
     parser.add_argument(
         "--depth",
         type=int,
-        choices=sorted(NUM_BLOCKS_PER_STAGE),
+        choices=sorted({*NUM_BLOCKS_PER_STAGE, *NUM_LAYERS_PER_BLOCK}),
         help="fail unless SRC has this depth (default: read it from SRC)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default="auto",
+        help="architecture of SRC: resnet (LIP-ResNets, torchvision/MSRA ResNets) or densenet "
+        "(the published LIP-DenseNet-121, torchvision DenseNets); auto reads it from the names",
     )
     parser.add_argument(
         "--plain",
         action="store_true",
-        help="target detectron2's plain ResNet instead of LIP-ResNet (torchvision/msra sources)",
+        help="target the plain twin (detectron2's ResNet, lip_det's plain DenseNet) instead of the "
+        "LIP model (torchvision/msra sources)",
     )
     parser.add_argument(
         "--prefix",
@@ -79,6 +99,7 @@ def main(argv=None):
             args.dst,
             source=args.source,
             depth=args.depth,
+            arch=args.arch,
             plain=args.plain,
             prefix=args.prefix,
             keep_input_format=args.keep_input_format,
