@@ -71,6 +71,10 @@ setup(
         "tabulate",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={
+        "dev": ["pytest", "ruff", "submitit>=1.5"],
+        # tools/train_net.py --slurm: submission, requeue on preemption (submitit's checkpoint())
+        "slurm": ["submitit>=1.5"],
+    },
     **cpu_extension(),
 )

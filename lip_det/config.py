@@ -98,6 +98,10 @@ def add_lip_config(cfg):
     # than this fraction of the images a data-loader process read were unreadable (0: stop at
     # the first). Evaluation always stops at an unreadable image. See lip_det.data.mapper.
     _C.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
+    # Exact resume (lip_det.data.samplers, lip_det.engine.resume): batch k is a function of
+    # (SEED, k), each image's augmentation of (SEED, k, place), the model's RNG seeded per
+    # iteration; checkpoints hold the stream position. False: detectron2's loader and RNG use.
+    _C.DATALOADER.RESUMABLE = True
 
     # Autocast dtype of SOLVER.AMP.ENABLED (d2go's key): "float16" (CUDA only: detectron2's
     # AMPTrainer with a GradScaler), "bfloat16" (CPU or CUDA), "auto" = float16 on CUDA, bfloat16

@@ -4,7 +4,10 @@
   :class:`RunSettings`; ``checks``: the one-line checks before launch (:class:`SetupError`);
 - ``trainers``: the step trainers and the yacs :class:`Trainer`; ``autocast``: bfloat16 mixed
   precision; ``hooks``: the rank-sync check and the small-object reports;
-- ``launch``: processes on GPUs (detectron2's launcher) or on the CPU (gloo);
+- ``launch``: processes on GPUs (detectron2's launcher) or on the CPU (gloo), none outliving
+  its launcher; ``signals``: stop on SIGTERM/SIGINT/SIGUSR1 with a checkpoint (exit status 75);
+  ``resume``: the exact-resume hook (data position, RNGs seeded per iteration);
+- ``slurm`` / ``slurm_job``: ``--slurm``, submission through submitit and what each node runs;
 - ``train_net``: ``main`` (one process) and ``run`` (check, then launch).
 """
 
@@ -22,14 +25,17 @@ from .config_files import (
 from .errors import SetupError
 from .hooks import RankSyncCheck, check_ranks_in_sync, parameter_digest
 from .launch import launch
+from .signals import EXIT_INTERRUPTED, TrainingInterrupted
 from .train_net import main, run, setup
 from .trainers import Trainer, build_train_step
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "RankSyncCheck",
     "RunSettings",
     "SetupError",
     "Trainer",
+    "TrainingInterrupted",
     "amp_dtype",
     "autocast_dtype",
     "autocast_forward",

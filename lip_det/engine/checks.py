@@ -13,6 +13,7 @@ from ..data.datasets import check_datasets_content, check_datasets_exist, regist
 from ..evaluation import small_object_settings
 from .config_files import is_lazy_config_object, load_config_file, run_settings
 from .errors import SetupError
+from .signals import parse_signals
 
 __all__ = [
     "RUN_MARKERS",
@@ -134,16 +135,22 @@ def amp_dtype(device, precision, key="SOLVER.AMP.PRECISION"):
     return getattr(torch, precision)
 
 
-def check_setup(args):
+def check_setup(args, *, check_devices=True):
     """
     Everything that can be checked before a model is built, in the launching process, with one
     clear SetupError on the first problem. Returns the config. Registers ``--dataset`` datasets
-    in this process (main() does it again, idempotently, in each worker).
+    in this process (main() does it again, idempotently, in each worker). ``check_devices``:
+    False where the run's devices are elsewhere (``--slurm``: the nodes').
     """
+    try:
+        parse_signals(getattr(args, "stop_signals", None) or ())
+    except ValueError as e:
+        raise SetupError(str(e)) from e
     register_datasets(args.dataset)
     cfg = load_config_file(args)
     run = run_settings(cfg)
-    check_device(run.device, args.num_gpus, args.num_machines)
+    if check_devices:
+        check_device(run.device, args.num_gpus, args.num_machines)
     if run.amp_enabled:
         amp_dtype(run.device, run.amp_precision, run.amp_precision_key)
     check_output_dir(

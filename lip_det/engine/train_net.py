@@ -24,6 +24,8 @@ from .checks import check_setup, delete_previous_run, register_datasets
 from .config_files import is_lazy_config_object, load_config_file, run_settings
 from .hooks import RankSyncCheck
 from .launch import launch
+from .resume import ExactResume
+from .signals import DEFAULT_STOP_SIGNALS, StopOnSignal, stop_signal_handlers
 from .trainers import Trainer, build_train_step, evaluate
 
 __all__ = ["main", "run", "setup"]
@@ -72,6 +74,7 @@ def _main_lazy(args, cfg):
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    resumable = _resumable_lazy_loader(cfg)
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     settings = run_settings(cfg)
@@ -94,8 +97,10 @@ def _main_lazy(args, cfg):
         return results["last"]
 
     main_process = comm.is_main_process()
+    seed = cfg.train.get("seed", -1)
     trainer.register_hooks(
         [
+            ExactResume(train_loader, seed=seed) if resumable else None,
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
@@ -109,6 +114,7 @@ def _main_lazy(args, cfg):
             if main_process
             else None,
             RankSyncCheck(),
+            StopOnSignal(checkpointer),  # last: saves the state at the end of the iteration
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
@@ -118,14 +124,50 @@ def _main_lazy(args, cfg):
     return results.get("last")
 
 
+def _resumable_lazy_loader(cfg):
+    """Make ``dataloader.train`` lip_det's resumable loader when it is detectron2's
+    build_detection_train_loader (same arguments); ``dataloader.train.resumable=False`` keeps
+    detectron2's. Returns whether it is resumable."""
+    from detectron2.data import build_detection_train_loader
+
+    from ..data.resumable_loader import build_resumable_train_loader
+
+    train = cfg.dataloader.train
+    resumable = bool(train.pop("resumable", True))
+    target = train.get("_target_")
+    names = {
+        "detectron2.data.build_detection_train_loader",
+        "detectron2.data.build.build_detection_train_loader",
+        "lip_det.data.resumable_loader.build_resumable_train_loader",
+    }
+    known = target in (build_detection_train_loader, build_resumable_train_loader) or (
+        isinstance(target, str) and target in names
+    )
+    if not resumable or not known:
+        return False
+    train._target_ = build_resumable_train_loader
+    if "seed" not in train:
+        train.seed = cfg.train.get("seed", -1)
+    return True
+
+
+def _stop_signals(args):
+    """The signals that stop a training run with a checkpoint (none for --eval-only)."""
+    if args.eval_only:
+        return ()
+    return tuple(getattr(args, "stop_signals", None) or DEFAULT_STOP_SIGNALS)
+
+
 def main(args):
     """Per-process entry point (what ``launch`` runs): train, or evaluate with --eval-only.
     Returns the evaluation results (dataset name -> task -> metric -> value) in the main process;
-    for a single test dataset, detectron2 drops the dataset level."""
-    cfg = setup(args)
-    if is_lazy_config_object(cfg):
-        return _main_lazy(args, cfg)
-    return _main_yacs(args, cfg)
+    for a single test dataset, detectron2 drops the dataset level. A training run stopped by a
+    signal raises TrainingInterrupted (exit status 75, see lip_det.engine.signals)."""
+    with stop_signal_handlers(_stop_signals(args)):
+        cfg = setup(args)
+        if is_lazy_config_object(cfg):
+            return _main_lazy(args, cfg)
+        return _main_yacs(args, cfg)
 
 
 def run(args):
@@ -146,5 +188,6 @@ def run(args):
         dist_url=args.dist_url,
         args=(args,),
         device=settings.device,
+        stop_signals=_stop_signals(args),
     )
     return None

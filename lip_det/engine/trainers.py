@@ -17,10 +17,13 @@ from detectron2.evaluation import verify_results
 
 from .. import checkpoint
 from ..data import DatasetMapper
+from ..data.resumable_loader import build_resumable_train_loader
 from ..evaluation import SmallObjectCOCOEvaluator, build_evaluator
 from .autocast import autocast_forward
 from .checks import amp_dtype, check_num_classes
 from .hooks import RankSyncCheck, write_small_object_reports
+from .resume import ExactResume
+from .signals import StopOnSignal
 
 __all__ = ["Trainer", "build_train_step", "evaluate"]
 
@@ -63,7 +66,12 @@ class Trainer(DefaultTrainer):
         checkpoint.make_atomic(self.checkpointer)
 
     def build_hooks(self):
-        return [*super().build_hooks(), RankSyncCheck()]
+        # ExactResume (with DATALOADER.RESUMABLE): the data stream's position in checkpoints,
+        # the RNGs seeded per iteration. StopOnSignal last: it saves the iteration's final state.
+        resume = []
+        if cfg_resumable(self.cfg):
+            resume = [ExactResume(self._trainer.data_loader, seed=self.cfg.SEED)]
+        return [*resume, *super().build_hooks(), RankSyncCheck(), StopOnSignal(self.checkpointer)]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -73,8 +81,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        # loads the json (thing_classes now known); reads images with lip_det's DatasetMapper
-        loader = build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
+        # loads the json (thing_classes now known); reads images with lip_det's DatasetMapper;
+        # with DATALOADER.RESUMABLE (default) a stream that --resume continues exactly
+        build = build_resumable_train_loader if cfg_resumable(cfg) else build_detection_train_loader
+        loader = build(cfg, mapper=DatasetMapper(cfg, is_train=True))
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return loader
 
@@ -106,6 +116,11 @@ class Trainer(DefaultTrainer):
         # set; tools (and tests) want it in any case.
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+
+def cfg_resumable(cfg):
+    """DATALOADER.RESUMABLE (True when the key is absent, e.g. in an older config.yaml)."""
+    return bool(cfg.DATALOADER.get("RESUMABLE", True))
 
 
 def _with_amp(cfg, enabled):
