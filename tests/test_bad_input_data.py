@@ -104,3 +104,24 @@ def test_repeated_image_id_is_one_line_from_train_net(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {json_file}: image id 1 appears 2 times in 'images'; ids must be unique"
     )
+
+
+def test_a_mask_model_leaves_out_annotations_without_a_polygon_a_box_model_keeps_them(tmp_path):
+    from detectron2.data import transforms as T
+
+    from lip_det.data import DatasetMapper
+
+    good = [[2, 2, 12, 2, 12, 12, 2, 12]]
+    annotations = [
+        dict(_ann(1, 1, [2, 2, 10, 10]), segmentation=good),
+        dict(_ann(2, 1, [3, 3, 10, 10]), segmentation=[[3, 3, 13, 3]]),
+    ]
+    json_file, image_root = _coco(tmp_path, annotations)
+    (record,) = [
+        d for d in load_coco_dataset(json_file, image_root, "lip_test_m") if d["image_id"] == 1
+    ]
+    common = {"is_train": True, "augmentations": [T.NoOpTransform()], "image_format": "RGB"}
+    masks = DatasetMapper(**common, use_instance_mask=True, instance_mask_format="polygon")
+    boxes = DatasetMapper(**common, use_instance_mask=False)
+    assert len(masks(dict(record))["instances"]) == 1
+    assert len(boxes(dict(record))["instances"]) == 2

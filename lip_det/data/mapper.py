@@ -137,5 +137,11 @@ class DatasetMapper(_DatasetMapper):
             return dataset_dict
 
         if "annotations" in dataset_dict:
+            if self.use_instance_mask:
+                # annotations whose malformed polygons validation dropped have no mask to learn
+                # (counted when the dataset was loaded); box-only models keep them
+                dataset_dict["annotations"] = [
+                    a for a in dataset_dict["annotations"] if "segmentation" in a
+                ]
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
