@@ -49,6 +49,9 @@ ifeq ($(origin MAX_JOBS),undefined)
 MAX_JOBS := $(shell nproc 2>/dev/null || echo 2)
 endif
 DEMO_ARGS ?=
+# make compare: seeds per demo model, and more tools/demo.py arguments
+SEEDS ?= 3
+COMPARE_ARGS ?=
 PYTEST_ARGS ?=
 PIP_ARGS ?= $(if $(CI),--progress-bar off)
 
@@ -86,7 +89,7 @@ ENV := $(VENV)/.lip_det-installed
 endif
 
 # ---- targets -------------------------------------------------------------------------------------
-.PHONY: help install test test-upstream lint format demo info clean-venv external-env FORCE
+.PHONY: help install test test-upstream lint format demo compare info clean-venv external-env FORCE
 
 help: ## list the targets and settings
 	@echo "usage: make TARGET [PYTHON=/path/to/python] [DETECTRON2_SOURCE=git-url-or-dir] [...]"
@@ -130,6 +133,9 @@ format: $(ENV) ## sort imports and format the code with ruff
 
 demo: $(ENV) ## run tools/demo.py (DEMO_ARGS=... passes arguments)
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+compare: $(ENV) ## train SEEDS seeds of each demo model, multi-seed report in output/compare
+	$(PY) tools/demo.py --seeds $(SEEDS) --output-dir output/compare $(COMPARE_ARGS)
 
 info: $(ENV) ## print versions and the active detectron2 compatibility fixes
 	$(PY) -m lip_det.collect_env

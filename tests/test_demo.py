@@ -38,12 +38,17 @@ def test_a_short_training_on_a_tiny_generated_set_lowers_the_loss(tmp_path):
     assert losses[39] < 0.75 * losses[19], losses
 
 
-def test_demo_trains_the_twins_then_writes_the_report_and_importance_maps(tmp_path, capsys):
-    """tools/demo.py on a tiny set: both twins trained (2 iterations) and evaluated, the
-    comparison report holds both runs, and the LIP model's 7 layers are drawn for each image."""
+def _demo_module():
     spec = importlib.util.spec_from_file_location("lip_demo", REPO / "tools/demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_trains_the_twins_then_writes_the_report_and_importance_maps(tmp_path, capsys):
+    """tools/demo.py on a tiny set: both twins trained (2 iterations) and evaluated, the
+    comparison report holds both runs, and the LIP model's 7 layers are drawn for each image."""
+    demo = _demo_module()
     data, out = tmp_path / "data", tmp_path / "out"
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4",
             "--num-val", "2", "--image-size", "64", "--num-vis", "2",
@@ -62,6 +67,8 @@ def test_demo_trains_the_twins_then_writes_the_report_and_importance_maps(tmp_pa
         assert (out / run_name / "model_final.pth").is_file()
     with open(out / "report/metrics.json") as f:
         assert sorted(json.load(f)) == ["LIP-R18", "R18"]
+    with open(out / "report/intervals.json") as f:
+        assert list(json.load(f)["deltas"]) == ["LIP-R18"]
     val_images = sorted(os.listdir(data / "val/images"))
     for name in val_images:
         stem = os.path.splitext(name)[0]
@@ -73,3 +80,32 @@ def test_demo_trains_the_twins_then_writes_the_report_and_importance_maps(tmp_pa
     for path in (out / "report/report.md", out / "importance", data / "val/annotations.json"):
         assert str(path) in printed
     assert "[LIP-R18] " in printed and "[    R18] " in printed  # the trainings' logs are echoed
+    assert "validation objects per size bucket: [0,8) " in printed
+    assert "paired-bootstrap intervals over the validation images" in printed
+
+
+def test_seeds_train_each_model_several_times_and_report_the_means(tmp_path, capsys):
+    demo = _demo_module()
+    args = demo.get_parser().parse_args(["--seeds", "3", "--output-dir", str(tmp_path)])
+    jobs = demo.training_jobs(args)
+    assert [(name, seed) for name, seed, _, _ in jobs] == [
+        (name, seed) for seed in range(3) for name in ("LIP-R18", "R18")
+    ]
+    assert jobs[0][3] == str(tmp_path / "LIP-R18" / "seed0")
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    metrics = demo.main(
+        ["--data-dir", str(data), "--output-dir", str(out), "--num-train", "4", "--num-val", "2",
+         "--image-size", "64", "--num-vis", "1", "--seeds", "2", "--bootstrap", "50",
+         "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2"]
+    )  # fmt: skip
+    assert list(metrics) == ["R18", "LIP-R18"]
+    for run_name in ("LIP-R18", "R18"):
+        for seed in (0, 1):
+            log = (out / run_name / f"seed{seed}" / "log.txt").read_text()
+            assert (out / run_name / f"seed{seed}" / "model_final.pth").is_file()
+            assert "SEED" in log
+    with open(out / "report/seeds.json") as f:
+        seeds = json.load(f)
+    assert sorted(seeds) == ["LIP-R18", "R18"] and len(seeds["R18"]["files"]) == 2
+    assert "mean ± std over 2 result files" in (out / "report/report.md").read_text()

@@ -75,6 +75,11 @@ class SizeEvaluation:
     num_images: int
     num_detections: int
     notes: list = field(default_factory=list)  # one line per metric that is NaN, saying why
+    # What was evaluated (ground-truth dict, prepared results, area ranges, image ids), kept for
+    # the per-image matching that the bootstrap and the error analysis compute on demand, and
+    # that matching once computed (lip_det.evaluation.matching.MatchResult).
+    inputs: dict = field(default=None, repr=False, compare=False)
+    matches: object = field(default=None, repr=False, compare=False)
 
     def results(self):
         """detectron2-style results dict: the summary metrics plus ``AP-<category>``."""
@@ -140,7 +145,14 @@ def evaluate_by_size(
         cocoeval.evaluate()
         cocoeval.accumulate()
 
-    return _summarize(cocoeval, gt, buckets, max_dets, eval_engine, len(results))
+    evaluation = _summarize(cocoeval, gt, buckets, max_dets, eval_engine, len(results))
+    evaluation.inputs = {
+        "gt": gt_dataset,
+        "results": results,
+        "area_ranges": ranges,
+        "img_ids": None if img_ids is None else list(img_ids),
+    }
+    return evaluation
 
 
 def _warn_if_over_per_image_cap(results, max_det, source):
