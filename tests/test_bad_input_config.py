@@ -69,3 +69,13 @@ def test_importing_lip_det_and_loading_our_configs_prints_no_noise():
     assert result.returncode == 0, result.stderr
     assert "torch.jit.script" not in result.stderr
     assert "has no VERSION" not in result.stderr + result.stdout
+
+
+def test_log_files_carry_no_ansi_colour_codes(tmp_path):
+    from lip_det.engine import argument_parser, setup
+
+    demo = str(CONFIGS / "Demo/faster_rcnn_LIP_R_18_FPN_demo.yaml")
+    setup(argument_parser().parse_args(["--config-file", demo, "OUTPUT_DIR", str(tmp_path)]))
+    log = (tmp_path / "log.txt").read_text()
+    assert "Contents of args.config_file" in log and "Running with full config" in log
+    assert "\x1b[" not in log

@@ -11,6 +11,7 @@ written here, with lip_det's step trainer and checkpointer.
 """
 
 import logging
+import re
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
@@ -31,10 +32,26 @@ from .trainers import Trainer, build_train_step, evaluate
 __all__ = ["main", "run", "setup"]
 
 
+class _PlainText(logging.Filter):
+    """Drops ANSI colour codes from a record: detectron2's default_setup logs the config file
+    syntax-highlighted for the terminal, and the same record goes into log.txt."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = self.ANSI.sub("", message), ()
+        return True
+
+
 def setup(args):
     """Config + detectron2's default_setup (logging, output dir, config.yaml, seeding)."""
     register_datasets(args.dataset)
     cfg = load_config_file(args)
+    detectron2_logger = logging.getLogger("detectron2")
+    if not any(isinstance(f, _PlainText) for f in detectron2_logger.filters):
+        detectron2_logger.addFilter(_PlainText())
     default_setup(cfg, args)
     # lip_det's own messages (e.g. the dataset checks' counts) into the same log
     setup_logger(run_settings(cfg).output_dir, distributed_rank=comm.get_rank(), name="lip_det")
