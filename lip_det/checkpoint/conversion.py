@@ -11,6 +11,19 @@ from dataclasses import dataclass
 from .checkpointer import atomic_write
 from .files import CheckpointError, UnsafeCheckpointError
 
+# Why a source tensor has no place in a detector (the converters' reports)
+DROP_CLASSIFIER = "the ImageNet classifier; a detector has no place for it"
+DROP_BN_COUNTER = "BatchNorm's batch counter, not a weight; FrozenBatchNorm2d has none"
+DROP_MOMENTUM = "an SGD momentum buffer, not a weight"
+DROP_NOT_A_TENSOR = "not a tensor"
+
+
+def listing(names, limit=12):
+    """``names`` joined with commas, the first ``limit`` of them, and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
 __all__ = [
     "DEFAULT_PREFIX",
     "TORCHVISION_INPUT",

@@ -31,7 +31,15 @@ from ..modeling.lip_densenet import (
     build_densenet_backbone,
     build_lip_densenet_backbone,
 )
-from .conversion import TORCHVISION_INPUT, Conversion, ConversionError
+from .conversion import (
+    DROP_BN_COUNTER,
+    DROP_CLASSIFIER,
+    DROP_NOT_A_TENSOR,
+    TORCHVISION_INPUT,
+    Conversion,
+    ConversionError,
+    listing,
+)
 
 __all__ = ["SOURCES", "SOURCE_TITLES", "STEM_NOTE", "detect_source", "convert_state_dict"]
 
@@ -49,10 +57,10 @@ STEM_NOTE = (
     "pooling)"
 )
 
-_CLASSIFIER = "the ImageNet classifier; a detector has no place for it"
-_BN_COUNTER = "BatchNorm's batch counter, not a weight; FrozenBatchNorm2d has none"
-_NOT_A_TENSOR = "not a tensor"
-_DROPPED = [(r"classifier\.(weight|bias)", _CLASSIFIER), (r".*\.num_batches_tracked", _BN_COUNTER)]
+_DROPPED = [
+    (r"classifier\.(weight|bias)", DROP_CLASSIFIER),
+    (r".*\.num_batches_tracked", DROP_BN_COUNTER),
+]
 
 # --------------------------------------------------------------------------------------------------
 # Source layout
@@ -203,11 +211,6 @@ def _target(depth, lip):
 # Conversion
 
 
-def _listing(names, limit=12):
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def _title(depth, plain):
     return f"{'' if plain else 'LIP-'}DenseNet-{depth}"
 
@@ -261,7 +264,7 @@ def convert_state_dict(
         raise ConversionError(
             f"{origin}: not a DenseNet checkpoint: expected torchvision-style names "
             "(features.conv0.weight, features.denseblock1.denselayer1.norm1.weight, ...), found "
-            + _listing(list(state), 4)
+            + listing(list(state), 4)
         )
     found_depth, counts = _infer_depth(state, origin)
     _check_kind(origin, source, found, found_depth, plain, keep_input_format)
@@ -280,7 +283,7 @@ def convert_state_dict(
     for name, value in state.items():
         reason = next((r for p, r in _DROPPED if re.fullmatch(p, _canonical(name))), None)
         if reason is None and not isinstance(value, torch.Tensor):
-            reason = _NOT_A_TENSOR
+            reason = DROP_NOT_A_TENSOR
         if reason is not None:
             dropped[name] = reason
             continue
@@ -310,14 +313,14 @@ def convert_state_dict(
     title = _title(found_depth, plain)
     if unmapped:
         problems.append(
-            f"{len(unmapped)} tensor(s) with no place in a {title}: {_listing(unmapped)}"
+            f"{len(unmapped)} tensor(s) with no place in a {title}: {listing(unmapped)}"
         )
     if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {_listing(wrong_shape)}")
+        problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {listing(wrong_shape)}")
     if missing:
         problems.append(
             f"{len(missing)} {title} tensor(s) not in the file (detectron2 names): "
-            + _listing(missing)
+            + listing(missing)
         )
     if problems:
         raise ConversionError(f"{origin}: " + "; ".join(problems))

@@ -27,7 +27,17 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from ..config import add_lip_config
 from ..layers import LIP, BottleneckTrunk
 from ..modeling import NUM_BLOCKS_PER_STAGE, build_lip_resnet_backbone
-from .conversion import MSRA_INPUT, TORCHVISION_INPUT, Conversion, ConversionError
+from .conversion import (
+    DROP_BN_COUNTER,
+    DROP_CLASSIFIER,
+    DROP_MOMENTUM,
+    DROP_NOT_A_TENSOR,
+    MSRA_INPUT,
+    TORCHVISION_INPUT,
+    Conversion,
+    ConversionError,
+    listing,
+)
 
 __all__ = [
     "SOURCES",
@@ -48,15 +58,14 @@ SOURCE_TITLES = {
 # --------------------------------------------------------------------------------------------------
 # Source layouts
 
-_CLASSIFIER = "the ImageNet classifier; a detector has no place for it"
-_BN_COUNTER = "BatchNorm's batch counter, not a weight; FrozenBatchNorm2d has none"
-_MOMENTUM = "an SGD momentum buffer, not a weight"
-_NOT_A_TENSOR = "not a tensor"
 
 _DROPPED = {
-    "lip": [(r"fc\.(weight|bias)", _CLASSIFIER), (r".*\.num_batches_tracked", _BN_COUNTER)],
-    "torchvision": [(r"fc\.(weight|bias)", _CLASSIFIER), (r".*\.num_batches_tracked", _BN_COUNTER)],
-    "msra": [(r".*_momentum", _MOMENTUM), (r"(fc1000|pred)_[wb]", _CLASSIFIER)],
+    "lip": [(r"fc\.(weight|bias)", DROP_CLASSIFIER), (r".*\.num_batches_tracked", DROP_BN_COUNTER)],
+    "torchvision": [
+        (r"fc\.(weight|bias)", DROP_CLASSIFIER),
+        (r".*\.num_batches_tracked", DROP_BN_COUNTER),
+    ],
+    "msra": [(r".*_momentum", DROP_MOMENTUM), (r"(fc1000|pred)_[wb]", DROP_CLASSIFIER)],
 }
 
 # torchvision-style names (torchvision, and the published LIP models which extend them):
@@ -205,11 +214,6 @@ BASIC_BLOCK_NOTE = (
 )
 
 
-def _listing(names, limit=12):
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def _check_kind(origin, source, found, depth, plain, keep_input_format):
     if source not in ("auto", *SOURCES):
         raise ConversionError(f"source {source!r} is not valid; choose one of {['auto', *SOURCES]}")
@@ -263,7 +267,7 @@ def convert_state_dict(
         raise ConversionError(
             f"{origin}: not a ResNet checkpoint: expected torchvision-style names (conv1.weight, "
             "layer1.0.conv1.weight, ...) or caffe2 names (conv1_w, res2_0_branch2a_w, ...), found "
-            + _listing(list(state), 4)
+            + listing(list(state), 4)
         )
     found_depth, counts = _infer_depth(state, found, origin)
     _check_kind(origin, source, found, found_depth, plain, keep_input_format)
@@ -281,7 +285,7 @@ def convert_state_dict(
     for name, value in state.items():
         reason = next((r for p, r in _DROPPED[found] if re.fullmatch(p, name)), None)
         if reason is None and not isinstance(value, torch.Tensor):
-            reason = _NOT_A_TENSOR
+            reason = DROP_NOT_A_TENSOR
         if reason is not None:
             dropped[name] = reason
             continue
@@ -334,14 +338,14 @@ def convert_state_dict(
     if unmapped:
         problems.append(
             f"{len(unmapped)} tensor(s) with no place in a {_title(found_depth, plain)}: "
-            + _listing(unmapped)
+            + listing(unmapped)
         )
     if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {_listing(wrong_shape)}")
+        problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {listing(wrong_shape)}")
     if missing:
         problems.append(
             f"{len(missing)} {_title(found_depth, plain)} tensor(s) not in the file "
-            f"(detectron2 names): {_listing(missing)}"
+            f"(detectron2 names): {listing(missing)}"
         )
     if problems:
         raise ConversionError(f"{origin}: " + "; ".join(problems))
