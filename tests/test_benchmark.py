@@ -232,3 +232,20 @@ def test_fvcore_counts_lip2d_with_the_flop_handles(impl):
     assert [by_operator[k] for k in by_operator if k.lower().endswith("lip2d")] == [lip2d_flops]
     assert not [name for name in flops.unsupported_ops() if "lip2d" in name.lower()]
     assert add_lip_flop_handles(analysis()).total() == conv + lip2d_flops
+
+
+def test_densenet_depths_compare_lip_densenet_with_its_plain_twin():
+    """--depths 121: LIP-DenseNet-121-FPN against DenseNet-121-FPN; the bottom-ups' FLOPs at
+    224x224 differ by the published +44 % (4.13 vs 2.87 G for the classifiers)."""
+    from benchmarks.models import backbone_flops, detection_cfg, model_names
+    from detectron2.modeling import build_model
+
+    assert model_names(121) == ("LIP-DenseNet-121-FPN", "DenseNet-121-FPN")
+    flops = {}
+    for lip in (True, False):
+        cfg = detection_cfg(121, lip=lip)
+        assert cfg.MODEL.BACKBONE.NAME == ("build_lip_densenet_fpn_backbone" if lip else
+                                           "build_densenet_fpn_backbone")  # fmt: skip
+        bottom_up = build_model(cfg).backbone.bottom_up
+        flops[lip] = backbone_flops(bottom_up, 224, 224)["total"]
+    assert flops[True] / flops[False] == pytest.approx(1.445, abs=0.01)

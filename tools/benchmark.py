@@ -55,8 +55,9 @@ def argument_parser():
         help="op-level dtype (default float32)",
     )  # fmt: skip
     parser.add_argument(
-        "--depths", type=int, nargs="+", choices=[18, 34, 50, 101, 152],
-        help="model-level ResNet depths (default 18 50; --quick: 18)",
+        "--depths", type=int, nargs="+", choices=[18, 34, 50, 101, 152, 121, 169, 201],
+        help="model-level depths: ResNet 18-152, DenseNet 121/169/201 (default 18 50; --quick: "
+        "18)",
     )  # fmt: skip
     parser.add_argument(
         "--image-size", type=_size, metavar="HxW",

@@ -1,4 +1,5 @@
-"""Model level: LIP-R{depth}-FPN Faster R-CNN against its plain twin R{depth}-FPN.
+"""Model level: LIP-R{depth}-FPN Faster R-CNN against its plain twin R{depth}-FPN (depths 121,
+169 and 201: LIP-DenseNet-{depth}-FPN against DenseNet-{depth}-FPN).
 
 Parameters, bottom-up FLOPs, train-step and inference time (interleaved rounds) and peak memory,
 on a batch of synthetic images; how each is measured is in ``benchmarks``' docstring.
@@ -18,6 +19,7 @@ from fvcore.nn import FlopCountAnalysis
 from lip_det.config import add_lip_config
 from lip_det.layers import BottleneckTrunk, ConvLogit
 from lip_det.layers.flops import add_lip_flop_handles
+from lip_det.modeling import NUM_LAYERS_PER_BLOCK
 from lip_det.utils.benchmark import fastest_ratio, median_ratio, peak_memory_bytes, time_interleaved
 
 from .common import summary
@@ -61,17 +63,25 @@ def detection_cfg(depth, *, lip, device="cpu", light_heads=False):
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.MASK_ON = False
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    cfg.MODEL.BACKBONE.NAME = (
-        "build_lip_resnet_fpn_backbone" if lip else "build_resnet_fpn_backbone"
-    )
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
-    # The plain twin of our configs (configs/Base-RCNN-FPN-torchvision.yaml) and of the paper's
-    # table: torchvision-style blocks with the stride on the 3x3 conv. detectron2's default
-    # (stride on conv1, MSRA) is a cheaper network (3.87 vs 4.10 GFLOPs for R50 at 224x224).
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    if depth in NUM_LAYERS_PER_BLOCK:  # (LIP-)DenseNet-121/169/201, as the DenseNet configs
+        cfg.MODEL.BACKBONE.NAME = (
+            "build_lip_densenet_fpn_backbone" if lip else "build_densenet_fpn_backbone"
+        )
+        cfg.MODEL.DENSENET.DEPTH = depth
+        cfg.MODEL.DENSENET.OUT_FEATURES = ["dense2", "dense3", "dense4", "dense5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["dense2", "dense3", "dense4", "dense5"]
+    else:
+        cfg.MODEL.BACKBONE.NAME = (
+            "build_lip_resnet_fpn_backbone" if lip else "build_resnet_fpn_backbone"
+        )
+        cfg.MODEL.RESNETS.DEPTH = depth
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
+        # The plain twin of our configs (configs/Base-RCNN-FPN-torchvision.yaml) and of the
+        # paper's table: torchvision-style blocks with the stride on the 3x3 conv. detectron2's
+        # default (stride on conv1, MSRA) is cheaper (3.87 vs 4.10 GFLOPs for R50 at 224x224).
+        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
     cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
     cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
@@ -93,6 +103,8 @@ def detection_cfg(depth, *, lip, device="cpu", light_heads=False):
 
 
 def model_names(depth):
+    if depth in NUM_LAYERS_PER_BLOCK:
+        return f"LIP-DenseNet-{depth}-FPN", f"DenseNet-{depth}-FPN"
     return f"LIP-R{depth}-FPN", f"R{depth}-FPN"
 
 

@@ -7,7 +7,14 @@ import time
 
 import torch
 
-from .models import FLOP_SIZES, IMAGE_SIZE, QUICK_FLOP_SIZES, QUICK_IMAGE_SIZE, benchmark_models
+from .models import (
+    FLOP_SIZES,
+    IMAGE_SIZE,
+    QUICK_FLOP_SIZES,
+    QUICK_IMAGE_SIZE,
+    benchmark_models,
+    model_names,
+)
 from .op import (
     KERNEL_SIZE,
     OP_SHAPES,
@@ -103,7 +110,7 @@ def run_benchmark(*, device="cpu", quick=False, op_shapes=None, dtype=torch.floa
         results["models"] = {}
         for depth in depths:
             log(f"model level R{depth} ({model_rounds} interleaved rounds) ...")
-            results["models"][f"R{depth}"] = benchmark_models(
+            results["models"][model_names(depth)[1].removesuffix("-FPN")] = benchmark_models(
                 depth, device=device, image_size=image_size, flop_sizes=flop_sizes,
                 rounds=model_rounds, light_heads=quick, log=log,
             )  # fmt: skip
