@@ -13,6 +13,7 @@ from lip_det.layers import (
     available_implementations,
     backend_cpu,
     backend_triton,
+    lip2d_window_slices,
     lip2d_window_softmax,
 )
 
@@ -256,3 +257,22 @@ def test_triton_kernels_in_the_interpreter_match_reference():
     assert result.returncode == 0, result.stderr[-3000:]
     error = float(result.stdout.split("max abs error")[1])
     assert error < 1e-5
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("size", [(7, 9), (8, 6)])
+def test_window_slices_the_export_formula_is_exact(geometry, size):
+    """lip2d_window_slices (what ONNX export emits: strided slices, per-window max shift) equals
+    the explicit windows, also with logits 110 apart across the plane, in float64 and float32."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    logit = 3 * torch.randn(2, 3, *size, dtype=torch.float64)
+    logit[..., : size[1] // 2] += 55
+    logit[..., size[1] // 2 :] -= 55
+    expected = lip_by_windows(x, logit, *geometry)
+    torch.testing.assert_close(
+        lip2d_window_slices(x, logit, *geometry), expected, rtol=1e-12, atol=1e-12
+    )
+    got = lip2d_window_slices(x.float(), logit.float(), *geometry)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)

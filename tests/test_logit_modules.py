@@ -85,3 +85,87 @@ def test_inference_gates_in_place_with_the_same_result():
     torch.testing.assert_close(inferred, expected.detach())
     torch.testing.assert_close(trained.detach(), expected.detach())
     assert torch.equal(x.detach(), saved)
+
+
+def _trained_lip(kind, channels=5, dtype=torch.float64):
+    lip = LIP(build_logit_module(kind, channels, channels)).to(dtype)
+    torch.nn.init.normal_(lip.logit.conv.weight, std=0.5)
+    torch.nn.init.normal_(lip.logit.conv.norm.weight)
+    torch.nn.init.normal_(lip.logit.conv.norm.bias)
+    return lip
+
+
+def _forward_backward(lip, x, features=None):
+    lip.zero_grad(set_to_none=True)
+    x.grad = None
+    out = lip(x, features)
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    return [out.detach(), x.grad.clone()] + [p.grad.clone() for p in lip.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["simplified", "projection", "bottleneck"])
+def test_training_fuses_norm_and_gate_into_lip2d_with_the_same_results(kind):
+    """In training a ConvLogit's InstanceNorm and SoftGate run inside lip_det::lip2d_norm_gate:
+    the same output and gradients (input, conv, norm weight and bias) as the modules, in float64,
+    and autograd keeps one input-sized tensor (the conv output) fewer per gate and norm."""
+    torch.manual_seed(0)
+    lip = _trained_lip(kind, 5)
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 5, 9, 11, dtype=torch.float64) if kind == "bottleneck" else None
+    fused = _forward_backward(lip, x, features)
+    lip.fuse_norm_gate = False
+    unfused = _forward_backward(lip, x, features)
+    for got, want in zip(fused, unfused):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    plane = x.numel() * x.element_size()
+    lip.fuse_norm_gate = True
+    saved = {}
+    for fuse in (True, False):
+        lip.fuse_norm_gate = fuse
+        storages = {}
+
+        def pack(t, storages=storages):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lip(x, features)
+        saved[fuse] = [n for n in storages.values() if n == plane]
+    # x, the head's input and its conv output, against those plus the norm's output (saved by
+    # sigmoid as its output) and the logits
+    assert len(saved[False]) - len(saved[True]) == 2, saved
+
+
+def test_fused_norm_gate_gradcheck_and_opcheck():
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fused(a, b, w, c):
+        return torch.ops.lip_det.lip2d_norm_gate(a, b, w, c, 1e-5, 12.0, [3, 2], [2, 1], [1, 0])
+
+    assert torch.autograd.gradcheck(fused, (x, y, weight, bias))
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        args = [t.detach().to(dtype).requires_grad_() for t in (x, y)] + [weight, bias]
+        torch.library.opcheck(
+            torch.ops.lip_det.lip2d_norm_gate.default,
+            (*args, 1e-5, 12.0, [3, 3], [2, 2], [1, 1], "auto"),
+        )
+
+
+def test_inference_and_tracing_keep_the_unfused_modules():
+    """What fvcore and the exporters see: instance_norm, sigmoid and lip_det::lip2d, never the
+    fused training operator (also when a model is traced in training mode)."""
+    lip = _trained_lip("simplified", 4, torch.float32)
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    for training in (True, False):
+        lip.train(training)
+        traced = torch.jit.trace(lip, (x,), check_trace=False)
+        kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+        assert "lip_det::lip2d" in kinds and "aten::instance_norm" in kinds
+        assert "lip_det::lip2d_norm_gate" not in kinds
+    lip.train()
+    with torch.no_grad():
+        torch.testing.assert_close(lip(x), traced(x))

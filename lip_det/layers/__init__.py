@@ -2,12 +2,20 @@
 
 - ``dispatch``: :func:`lip2d`, the one place that picks an implementation;
 - ``reference``: the formula in plain torch ops (tests, comparisons, exact degenerate windows);
-- ``function``: :class:`LeanLIP2d`, the autograd node of the memory-lean backends;
-- ``backend_aten``, ``backend_cpu`` (C++ in ``csrc/``), ``backend_triton``: those backends;
-- ``lip``: the :class:`LIP` module; ``logit_modules``: the networks that predict its logits.
+- ``ops``: the registered operator ``torch.ops.lip_det.lip2d`` (and ``lip2d_backward``): kernels
+  per device, fake kernels, autograd; what compiles, exports and traces;
+- ``function``: what the memory-lean kernels share (closed-form gradient, dtype rules);
+- ``backend_aten``, ``backend_cpu`` (C++ in ``csrc/``), ``backend_triton``: those kernels;
+- ``fused``: ``torch.ops.lip_det.lip2d_norm_gate``, LIP with its head's InstanceNorm and
+  SoftGate fused in (the training path: autograd keeps the head's conv output only);
+- ``lip``: the :class:`LIP` module; ``logit_modules``: the networks that predict its logits;
+- ``diagnostics``: :func:`self_test`, every implementation on a device against the reference
+  (for collect_env).
 """
 
+from .diagnostics import self_test
 from .dispatch import LIP_IMPLEMENTATIONS, available_implementations, lip2d
+from .fused import lip2d_norm_gate
 from .lip import LIP
 from .logit_modules import (
     LOGIT_MODULES,
@@ -17,7 +25,13 @@ from .logit_modules import (
     SoftGate,
     build_logit_module,
 )
-from .reference import lip2d_reference, lip2d_window_softmax
+from .ops import lip2d_decompositions
+from .reference import (
+    lip2d_reference,
+    lip2d_window_slices,
+    lip2d_window_softmax,
+    lip2d_window_softmax_backward,
+)
 
 __all__ = [
     "LIP",
@@ -30,6 +44,11 @@ __all__ = [
     "available_implementations",
     "build_logit_module",
     "lip2d",
+    "lip2d_decompositions",
+    "lip2d_norm_gate",
     "lip2d_reference",
+    "lip2d_window_slices",
     "lip2d_window_softmax",
+    "lip2d_window_softmax_backward",
+    "self_test",
 ]

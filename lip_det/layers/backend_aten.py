@@ -1,16 +1,18 @@
 """The ATen backend of lip2d: the lean forward/backward written with ATen ops, for any device.
 
 Windows whose den is tiny (all logits ~50+ below the plane maximum) are recomputed exactly with
-their own maximum (``lip2d_window_softmax``), so no logit range overflows or underflows.
+their own maximum (``lip2d_window_softmax`` and its closed-form gradient), so no logit range
+overflows or underflows. These are plain functions on tensors: the kernels of the registered
+operator on devices without a fused kernel, and wherever ``impl="aten"`` is asked for.
 """
 
 import torch
 import torch.nn.functional as F
 
-from .function import LeanLIP2d, accumulation_dtype, tiny_window_sum
-from .reference import lip2d_window_softmax
+from .function import accumulation_dtype, tiny_window_sum
+from .reference import lip2d_window_softmax, lip2d_window_softmax_backward
 
-__all__ = ["lip2d_aten"]
+__all__ = ["aten_backward", "aten_forward"]
 
 
 def _importance_and_den(logit, acc, kernel_size, stride, padding):
@@ -21,22 +23,19 @@ def _importance_and_den(logit, acc, kernel_size, stride, padding):
     return e, den
 
 
-def _exact(x, logit, acc, geometry):
-    return lip2d_window_softmax(x.to(acc), logit.to(acc), *geometry)
-
-
-def _aten_forward(x, logit, kernel_size, stride, padding):
+def aten_forward(x, logit, kernel_size, stride, padding):
     acc = accumulation_dtype(x.dtype)
     e, den = _importance_and_den(logit, acc, kernel_size, stride, padding)
     area = kernel_size[0] * kernel_size[1]
     out = F.avg_pool2d(e * x.to(acc), kernel_size, stride, padding) * area / den
     tiny = den < tiny_window_sum(acc)
     if tiny.any():
-        out = torch.where(tiny, _exact(x, logit, acc, (kernel_size, stride, padding)), out)
-    return out.to(x.dtype)
+        exact = lip2d_window_softmax(x.to(acc), logit.to(acc), kernel_size, stride, padding)
+        out = torch.where(tiny, exact, out)
+    return out.to(x.dtype).contiguous()
 
 
-def _aten_backward(grad_out, x, logit, out, kernel_size, stride, padding):
+def aten_backward(grad_out, x, logit, out, kernel_size, stride, padding):
     acc = accumulation_dtype(x.dtype)
     e, den = _importance_and_den(logit, acc, kernel_size, stride, padding)
     tiny = den < tiny_window_sum(acc)
@@ -53,15 +52,9 @@ def _aten_backward(grad_out, x, logit, out, kernel_size, stride, padding):
     sa, sb = scatter(a), scatter(b)
     grad_x = e * sa
     grad_logit = e * (x.to(acc) * sa - sb)
-    if tiny.any():  # the exact windows' share, by autograd through the window softmax
-        with torch.enable_grad():
-            xs = x.detach().to(acc).requires_grad_()
-            ls = logit.detach().to(acc).requires_grad_()
-            exact = _exact(xs, ls, acc, (kernel_size, stride, padding))
-            gx, gl = torch.autograd.grad(exact, (xs, ls), torch.where(tiny, g, 0.0))
+    if tiny.any():  # the exact windows' share, by the window softmax's closed-form gradient
+        gx, gl = lip2d_window_softmax_backward(
+            torch.where(tiny, g, 0.0), x.to(acc), logit.to(acc), kernel_size, stride, padding
+        )
         grad_x, grad_logit = grad_x + gx, grad_logit + gl
-    return grad_x.to(x.dtype), grad_logit.to(logit.dtype)
-
-
-def lip2d_aten(x, logit, kernel_size, stride, padding):
-    return LeanLIP2d.apply((_aten_forward, _aten_backward), x, logit, kernel_size, stride, padding)
+    return grad_x.to(x.dtype).contiguous(), grad_logit.to(logit.dtype).contiguous()

@@ -1,9 +1,7 @@
 """The C++ CPU backend of lip2d: fused kernels in ``lip_det._C`` (``csrc/lip2d_cpu.cpp``), built
-by setup.py with OpenMP; the CPU default when present."""
+by setup.py with OpenMP; the CPU kernels of ``torch.ops.lip_det.lip2d`` when present."""
 
-from .function import LeanLIP2d
-
-__all__ = ["is_available", "lip2d_cpu"]
+__all__ = ["cpu_backward", "cpu_forward", "is_available"]
 
 try:
     from lip_det import _C as _cpu_ext
@@ -15,6 +13,12 @@ def is_available():
     return _cpu_ext is not None
 
 
-def lip2d_cpu(x, logit, kernel_size, stride, padding):
-    kernels = (_cpu_ext.lip2d_forward, _cpu_ext.lip2d_backward)
-    return LeanLIP2d.apply(kernels, x, logit, kernel_size, stride, padding)
+def cpu_forward(x, logit, kernel_size, stride, padding):
+    return _cpu_ext.lip2d_forward(x, logit, kernel_size, stride, padding)
+
+
+def cpu_backward(grad_out, x, logit, out, kernel_size, stride, padding):
+    grad_x, grad_logit = _cpu_ext.lip2d_backward(
+        grad_out, x, logit, out, kernel_size, stride, padding
+    )
+    return grad_x, grad_logit

@@ -7,16 +7,23 @@ w * g and w * g * (x - out) into float32 gradient buffers with atomic adds, so n
 inputs and the output is kept for it.
 
 Runs on CPU tensors too under ``TRITON_INTERPRET=1`` (how the tests check it without a GPU).
+
+A GPU path that cannot fail silently, nor crash a run: :func:`run` launches a kernel and, if
+Triton fails to compile or launch it (a driver, toolchain or Triton-version problem), returns
+None after one warning naming the error; the operator then computes that call, and every later
+one in the process, with the ATen kernels, and ``available_implementations("cuda")`` no longer
+lists "triton". (An error the GPU reports asynchronously after a launch cannot be caught there;
+``lip_det.layers.self_test`` checks every backend against the reference up front.)
 """
 
 import os
+import warnings
 
 import torch
 
-from .backend_aten import lip2d_aten
-from .function import LeanLIP2d
+from .function import output_size
 
-__all__ = ["lip2d_triton", "is_available", "interpreting"]
+__all__ = ["failure", "interpreting", "is_available", "run", "triton_backward", "triton_forward"]
 
 try:
     import triton
@@ -30,8 +37,37 @@ def interpreting():
     return triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_failure = None  # "ErrorType: message" of the first failed launch in this process, or None
+
+
 def is_available():
-    return triton is not None and torch.cuda.is_available()
+    """Triton is installed, CUDA is present, and no Triton launch has failed in this process."""
+    return triton is not None and _failure is None and torch.cuda.is_available()
+
+
+def failure():
+    """The error of the Triton launch that disabled this backend, or None."""
+    return _failure
+
+
+def run(launch, *args):
+    """``launch(*args)``, or None (after one warning for the process) if Triton cannot compile or
+    launch the kernel; also None once an earlier launch has failed."""
+    global _failure
+    if _failure is not None or triton is None:
+        return None
+    try:
+        return launch(*args)
+    except Exception as error:  # any compile or launch failure: fall back, never crash a run
+        _failure = f"{type(error).__name__}: {error}".strip()
+        warnings.warn(
+            f"lip2d: the Triton kernel failed ({_failure}); lip2d uses its ATen implementation "
+            "for the rest of this process (`python -m lip_det.collect_env` self-tests every "
+            "backend)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 BLOCK = 256
@@ -113,13 +149,13 @@ if triton is not None:
 def _launch_args(x, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, c, h, w = x.shape
-    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out_h, out_w = output_size(h, w, kernel_size, stride, padding)
     total = n * c * out_h * out_w
     grid = (triton.cdiv(total, BLOCK),)
     return grid, total, (h, w, out_h, out_w, sh, sw, ph, pw), {"KH": kh, "KW": kw, "BLOCK": BLOCK}
 
 
-def _triton_forward(x, logit, kernel_size, stride, padding):
+def triton_forward(x, logit, kernel_size, stride, padding):
     x, logit = x.contiguous(), logit.contiguous()
     grid, total, sizes, meta = _launch_args(x, kernel_size, stride, padding)
     out = x.new_empty((x.shape[0], x.shape[1], sizes[2], sizes[3]))
@@ -127,19 +163,13 @@ def _triton_forward(x, logit, kernel_size, stride, padding):
     return out
 
 
-def _triton_backward(grad_out, x, logit, out, kernel_size, stride, padding):
+def triton_backward(grad_out, x, logit, out, kernel_size, stride, padding):
     x, logit = x.contiguous(), logit.contiguous()
     grid, total, sizes, meta = _launch_args(x, kernel_size, stride, padding)
     grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     grad_logit = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     _lip2d_backward_kernel[grid](
-        grad_out.contiguous(), x, logit, out, grad_x, grad_logit, total, *sizes, **meta
-    )
+        grad_out.contiguous(), x, logit, out.contiguous(), grad_x, grad_logit, total, *sizes,
+        **meta,
+    )  # fmt: skip
     return grad_x.to(x.dtype), grad_logit.to(logit.dtype)
-
-
-def lip2d_triton(x, logit, kernel_size, stride, padding):
-    if x.dtype == torch.float64:  # Triton kernels accumulate in float32
-        return lip2d_aten(x, logit, kernel_size, stride, padding)
-    kernels = (_triton_forward, _triton_backward)
-    return LeanLIP2d.apply(kernels, x, logit, kernel_size, stride, padding)

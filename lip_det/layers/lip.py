@@ -1,6 +1,9 @@
+import torch
 from torch import nn
 
-from .dispatch import lip2d
+from .dispatch import check_arguments, lip2d
+from .fused import lip2d_norm_gate
+from .logit_modules import ConvLogit
 
 __all__ = ["LIP"]
 
@@ -11,19 +14,44 @@ class LIP(nn.Module):
     ``features`` defaults to ``x`` itself (the "simplified" and "projection" modules). In LIP
     bottleneck blocks they are the output of the block's shared :class:`BottleneckTrunk`, and the
     logit module is that branch's head.
+
+    In training, with a :class:`ConvLogit` logit module, the head's InstanceNorm and SoftGate run
+    fused into the pooling (:func:`lip2d_norm_gate`): autograd then keeps only the head's conv
+    output instead of three input-sized tensors (the same values; ``fuse_norm_gate=False``
+    turns it off). Inference, tracing and export always take the unfused route.
     """
 
-    def __init__(self, logit_module, *, kernel_size=3, stride=2, padding=1, impl="auto"):
+    def __init__(self, logit_module, *, kernel_size=3, stride=2, padding=1, impl="auto",
+                 fuse_norm_gate=True):  # fmt: skip
         super().__init__()
         self.logit = logit_module
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
         self.impl = impl
+        self.fuse_norm_gate = fuse_norm_gate
+
+    def _fused(self, x, features):
+        if not (self.fuse_norm_gate and self.training and self.impl != "reference"):
+            return False
+        if not (isinstance(self.logit, ConvLogit) and self.logit.fusable()):
+            return False
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+            return False
+        trainable = any(p.requires_grad for p in self.logit.parameters())
+        return torch.is_grad_enabled() and (trainable or x.requires_grad or features.requires_grad)
 
     def forward(self, x, features=None):
         """x: (N, C, H, W) -> (N, C, H_out, W_out), the shape ``avg_pool2d`` gives."""
-        logit = self.logit(x if features is None else features)
+        features = x if features is None else features
+        if self._fused(x, features):
+            y = self.logit.conv_output(features)
+            geometry = check_arguments(x, y, self.kernel_size, self.stride, self.padding, self.impl)
+            norm = self.logit.conv.norm
+            return lip2d_norm_gate(
+                x, y, norm.weight, norm.bias, norm.eps, self.logit.gate.coeff, *geometry, self.impl
+            )
+        logit = self.logit(features)
         return lip2d(x, logit, self.kernel_size, self.stride, self.padding, impl=self.impl)
 
     def extra_repr(self):

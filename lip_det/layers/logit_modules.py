@@ -71,6 +71,21 @@ class ConvLogit(nn.Module):
         self.gate = SoftGate(gate_coeff)
         nn.init.zeros_(self.conv.weight)
 
+    def fusable(self):
+        """True when the norm is one :func:`lip2d_norm_gate` can fuse: affine InstanceNorm
+        without running statistics (this module's own), after a conv without activation."""
+        norm = self.conv.norm
+        return (
+            isinstance(norm, nn.InstanceNorm2d)
+            and norm.affine
+            and not norm.track_running_stats
+            and self.conv.activation is None
+        )
+
+    def conv_output(self, x):
+        """The conv before its norm (the input of the fused norm and gate)."""
+        return self.conv._conv_forward(x, self.conv.weight, self.conv.bias)
+
     def forward(self, x):
         z = self.conv(x)
         if torch.is_grad_enabled() and z.requires_grad:
