@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_lip_config(cfg):
-    """Add the config keys of lip_det (``MODEL.LIP``, ``TEST.SMALL_OBJECT`` and
-    ``SOLVER.AMP.PRECISION``) to ``cfg``."""
+    """Add the config keys of lip_det (``MODEL.LIP``, ``MODEL.DENSENET``, ``MODEL.COMPILE``,
+    ``TEST.SMALL_OBJECT``, ``DATALOADER.*`` and ``SOLVER.AMP.PRECISION``) to ``cfg``."""
     _C = cfg
 
     _C.MODEL.LIP = CN()
@@ -68,6 +68,19 @@ def add_lip_config(cfg):
     # all four). STEM_LOGIT, BLOCK_LOGIT (here: the transitions'), BOTTLENECK_WIDTH, GATE_COEFF,
     # TRAIN_FROZEN_LIP and IMPL apply to LIP-DenseNet as to LIP-ResNet.
     _C.MODEL.LIP.DENSENET_PLACES = list(DENSENET_LIP_PLACES)
+    # Recompute each LIP-ResNet block's LIP part (logit trunk, heads, pooling) in the backward
+    # pass instead of keeping its activations: less training memory for one more forward pass of
+    # the logit modules per step (lip_det.modeling.blocks). No effect on inference.
+    _C.MODEL.LIP.RECOMPUTE = False
+
+    # torch.compile the backbone (in place, so checkpoint keys do not change) for training and
+    # evaluation. Only the backbone: detectron2's proposal and RoI heads have data-dependent
+    # shapes that recompile or break the graph. FULLGRAPH: fail on a graph break rather than run
+    # it in pieces; BACKEND: torch.compile's backend ("inductor", "aot_eager", ...).
+    _C.MODEL.COMPILE = CN()
+    _C.MODEL.COMPILE.ENABLED = False
+    _C.MODEL.COMPILE.FULLGRAPH = True
+    _C.MODEL.COMPILE.BACKEND = "inductor"
 
     # (LIP-)DenseNet-BC bottom-ups (lip_det.modeling.lip_densenet).
     _C.MODEL.DENSENET = CN()

@@ -448,6 +448,16 @@ def test_invalid_values_are_one_setup_error_before_anything_is_built(tmp_path, k
         assert error.startswith(message)
 
 
+def test_unknown_compile_backend_is_one_setup_error(tmp_path):
+    error = _setup_error(
+        "--config-file", LIP_R50, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "OUTPUT_DIR", tmp_path, "MODEL.COMPILE.ENABLED", "True",
+        "MODEL.COMPILE.BACKEND", "indcutor",
+    )  # fmt: skip
+    assert error.startswith("MODEL.COMPILE.BACKEND = 'indcutor' is not valid; choose one of [")
+    assert error.endswith("did you mean 'inductor'?")
+
+
 def test_non_finite_gate_coeff_in_a_yaml(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text(f'_BASE_: "{LIP_R50}"\nMODEL:\n  LIP:\n    GATE_COEFF: .inf\n')

@@ -11,6 +11,7 @@ from ..checkpoint import check_weights_file, model_tensor_shapes
 from ..config import AMP_PRECISIONS, validate_lip_config
 from ..data.datasets import check_datasets_content, check_datasets_exist, register_coco_dataset
 from ..evaluation import small_object_settings
+from .compile import check_compile_config
 from .config_files import is_lazy_config_object, load_config_file, run_settings
 from .errors import SetupError
 from .signals import parse_signals
@@ -181,6 +182,7 @@ def check_model(cfg, key, weights, *, eval_only=False):
     and that a local weights file fits it (lip_det.weights). Raises ValueError."""
     if not is_lazy_config_object(cfg):
         validate_lip_config(cfg)
+        check_compile_config(cfg)
         if cfg.DATASETS.TEST:  # the evaluator's settings
             small_object_settings(cfg)
     expected = model_tensor_shapes(cfg)

@@ -21,6 +21,7 @@ from ..data.resumable_loader import build_resumable_train_loader
 from ..evaluation import SmallObjectCOCOEvaluator, build_evaluator
 from .autocast import autocast_forward
 from .checks import amp_dtype, check_num_classes
+from .compile import compile_backbone
 from .hooks import RankSyncCheck, write_small_object_reports
 from .resume import ExactResume
 from .signals import StopOnSignal
@@ -44,7 +45,8 @@ def build_train_step(model, data_loader, optimizer, *, device, amp=False, precis
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with lip_det's data mapper, evaluator (small-object report
     at every evaluation), a class-count check, bfloat16 mixed precision, crash-safe
-    checkpoints and, with several processes, a check that they all end with the same weights."""
+    checkpoints, torch.compile of the backbone (MODEL.COMPILE) and, with several processes, a
+    check that they all end with the same weights."""
 
     def __init__(self, cfg):
         bfloat16 = cfg.SOLVER.AMP.ENABLED and (
@@ -64,6 +66,11 @@ class Trainer(DefaultTrainer):
             self.cfg = _with_amp(self.cfg, True)
         # checkpoints (and last_checkpoint) are written under a temporary name, then renamed
         checkpoint.make_atomic(self.checkpointer)
+
+    @classmethod
+    def build_model(cls, cfg):
+        # MODEL.COMPILE: the backbone compiled in place (checkpoint keys unchanged)
+        return compile_backbone(super().build_model(cfg), cfg)
 
     def build_hooks(self):
         # ExactResume (with DATALOADER.RESUMABLE): the data stream's position in checkpoints,
