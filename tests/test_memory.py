@@ -105,3 +105,51 @@ def test_recompute_compiles_without_graph_breaks():
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-7)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "name, depth, blocks",
+    [
+        ("build_lip_resnet_backbone", 18, 4),  # the stem and res3-res5's first blocks
+        ("build_lip_resnet_backbone", 50, 4),
+        ("build_lip_densenet_backbone", 121, 4),  # the stem and three transitions
+    ],
+)
+def test_config_key_recompute_reaches_every_lip_block(name, depth, blocks):
+    def recomputing_blocks(recompute):
+        cfg = lip_cfg(depth, name=name, RECOMPUTE=recompute)
+        cfg.MODEL.DENSENET.DEPTH = depth
+        model = build_backbone(cfg)
+        marked = [m for m in model.modules() if getattr(m, "RECOMPUTES_LIP", False)]
+        assert len(marked) == blocks
+        return sum(m.recompute for m in marked)
+
+    assert recomputing_blocks(False) == 0
+    assert recomputing_blocks(True) == blocks
+
+
+def test_densenet_transition_recomputes_the_same_gradients_and_keeps_less():
+    from lip_det.modeling.lip_densenet import DenseTransition
+
+    torch.manual_seed(0)
+    transition = DenseTransition(16, 8, norm="BN", bottleneck_width=8).double().train()
+    _spread(transition)
+    x = torch.randn(2, 16, 18, 22, dtype=torch.float64, requires_grad=True)
+    results, saved = [], []
+    for recompute in (False, True):
+        transition.recompute = recompute
+        saved.append(saved_tensor_bytes(lambda: transition(x)))  # noqa: B023
+        out = transition(x)
+        results.append(
+            (out, *torch.autograd.grad(out.square().sum(), (x, *transition.parameters())))
+        )
+    assert saved[1] < saved[0]
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _spread(model):
+    for module in model.modules():
+        if isinstance(module, ConvLogit):
+            torch.nn.init.normal_(module.conv.weight, std=0.5)
+    return model

@@ -17,19 +17,20 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import LIP, BottleneckTrunk, build_logit_module
 
-__all__ = ["LIPBasicBlock", "LIPBottleneckBlock", "LIPStem", "set_lip_recompute"]
+__all__ = ["LIPBasicBlock", "LIPBottleneckBlock", "LIPStem", "recomputing", "set_lip_recompute"]
 
 
 def set_lip_recompute(module, enabled=True):
     """Turn recomputation of the LIP parts on (or off) in every LIP block and stem of
     ``module``; returns the number of blocks changed."""
-    blocks = [m for m in module.modules() if isinstance(m, (LIPStem, _LIPBlockMixin))]
+    blocks = [m for m in module.modules() if getattr(m, "RECOMPUTES_LIP", False)]
     for block in blocks:
         block.recompute = bool(enabled)
     return len(blocks)
 
 
-def _recomputing(block):
+def recomputing(block):
+    """Whether ``block`` (one with ``RECOMPUTES_LIP``) recomputes its LIP part in this call."""
     return block.recompute and block.training and torch.is_grad_enabled()
 
 
@@ -38,6 +39,8 @@ class LIPStem(CNNBlockBase):
 
     Parameter names of ``conv1`` match ``BasicStem``, so plain-ResNet stem weights load as is.
     """
+
+    RECOMPUTES_LIP = True  # set_lip_recompute's mark
 
     def __init__(
         self, in_channels=3, out_channels=64, *, norm="BN", logit="simplified", gate_coeff=12.0,
@@ -61,7 +64,7 @@ class LIPStem(CNNBlockBase):
 
     def forward(self, x):
         x = F.relu_(self.conv1(x))
-        if _recomputing(self):
+        if recomputing(self):
             return checkpoint(self.lip, x, use_reentrant=False)
         return self.lip(x)
 
@@ -72,6 +75,8 @@ class _LIPBlockMixin:
     ``pooled_channels`` are the channels each branch pools: (main, shortcut). ``main_features``
     are the channels the main branch's own logit module would read when it has no shared trunk.
     """
+
+    RECOMPUTES_LIP = True
 
     def _build_lips(
         self, *, in_channels, main_channels, main_features, lip_main, lip_shortcut, logit,
@@ -102,7 +107,7 @@ class _LIPBlockMixin:
 
     def _pool(self, x, main_input):
         """(main branch input, shortcut branch input) after LIP, where the block has one."""
-        if _recomputing(self):
+        if recomputing(self):
             pooled = checkpoint(self._lip_outputs, x, main_input, use_reentrant=False)
         else:
             pooled = self._lip_outputs(x, main_input)

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import BasicStem
+from torch.utils.checkpoint import checkpoint
 
 from ..choices import check_choice
 from ..config import DENSENET_LIP_PLACES, validate_lip_config
 from ..layers import LIP, BottleneckTrunk, build_logit_module
-from .blocks import LIPStem
+from .blocks import LIPStem, recomputing, set_lip_recompute
 
 __all__ = [
     "NUM_LAYERS_PER_BLOCK",
@@ -88,13 +89,17 @@ class DenseTransition(CNNBlockBase):
     The LIP's logits are computed from the conv's output, with the paper's "bottleneck" module
     (``logit_trunk`` + ``lip.logit``) or a "projection"/"simplified" one (``lip.logit`` alone).
     A fresh LIP pools as an average (its logit head is zero-filled), i.e. as the plain transition.
+    ``recompute``: as for the LIP-ResNet blocks (:func:`lip_det.modeling.set_lip_recompute`).
     """
+
+    RECOMPUTES_LIP = True
 
     def __init__(
         self, in_channels, out_channels, *, norm="BN", lip=True, logit="bottleneck",
-        bottleneck_width=128, gate_coeff=12.0, impl="auto",
+        bottleneck_width=128, gate_coeff=12.0, impl="auto", recompute=False,
     ):  # fmt: skip
         super().__init__(in_channels, out_channels, 2)
+        self.recompute = recompute
         self.norm = get_norm(norm, in_channels)
         self.conv = Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         weight_init.c2_msra_fill(self.conv)
@@ -112,6 +117,11 @@ class DenseTransition(CNNBlockBase):
         x = self.conv(_norm_relu(self.norm, x))
         if self.lip is None:
             return F.avg_pool2d(x, kernel_size=2, stride=2)
+        if recomputing(self):
+            return checkpoint(self._pool, x, use_reentrant=False)
+        return self._pool(x)
+
+    def _pool(self, x):
         return self.lip(x, None if self.logit_trunk is None else self.logit_trunk(x))
 
 
@@ -283,19 +293,22 @@ def _build(cfg, input_shape, places):
         gate_coeff=lip.GATE_COEFF,
         impl=lip.IMPL,
     )
-    return DenseNet(
+    backbone = DenseNet(
         stem,
         stages,
         out_features=dense.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         train_frozen_lip=lip.TRAIN_FROZEN_LIP,
     )
+    set_lip_recompute(backbone, lip.RECOMPUTE)
+    return backbone
 
 
 @BACKBONE_REGISTRY.register()
 def build_lip_densenet_backbone(cfg, input_shape):
     """A LIP-DenseNet from config: MODEL.DENSENET.* and MODEL.LIP.* (DENSENET_PLACES, STEM_LOGIT,
-    BLOCK_LOGIT for the transitions, BOTTLENECK_WIDTH, GATE_COEFF, TRAIN_FROZEN_LIP, IMPL);
+    BLOCK_LOGIT for the transitions, BOTTLENECK_WIDTH, GATE_COEFF, TRAIN_FROZEN_LIP, IMPL,
+    RECOMPUTE);
     the defaults are the published LIP-DenseNet-121.
 
     Returns:

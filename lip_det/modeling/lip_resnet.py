@@ -71,6 +71,7 @@ class LIPResNet(ResNet):
         bottleneck_width=128,
         gate_coeff=12.0,
         impl="auto",
+        recompute=False,
     ):
         """res2..res5 of a LIP-ResNet as lists of blocks, the way ``ResNet.make_default_stages``
         gives them for a plain ResNet: what the yacs builder and the LazyConfigs both use.
@@ -97,6 +98,7 @@ class LIPResNet(ResNet):
             "bottleneck_width": bottleneck_width,
             "gate_coeff": gate_coeff,
             "impl": impl,
+            "recompute": recompute,
         }
         bottleneck_channels = num_groups * width_per_group
         stages = []
@@ -179,6 +181,7 @@ def build_lip_resnet_backbone(cfg, input_shape):
         stem = LIPStem(
             input_shape.channels, resnets.STEM_OUT_CHANNELS, norm=resnets.NORM,
             logit=lip.STEM_LOGIT, gate_coeff=lip.GATE_COEFF, impl=lip.IMPL,
+            recompute=lip.RECOMPUTE,
         )  # fmt: skip
     else:
         stem = BasicStem(input_shape.channels, resnets.STEM_OUT_CHANNELS, norm=resnets.NORM)
@@ -199,6 +202,7 @@ def build_lip_resnet_backbone(cfg, input_shape):
         bottleneck_width=lip.BOTTLENECK_WIDTH,
         gate_coeff=lip.GATE_COEFF,
         impl=lip.IMPL,
+        recompute=lip.RECOMPUTE,
     )
     return LIPResNet(
         stem,
