@@ -91,6 +91,14 @@ def _torch_rows():
     return rows
 
 
+def _self_test_rows(device):
+    """Each lip2d implementation on ``device``, forward and backward, against the float64
+    reference (lip_det.layers.self_test): a GPU kernel that fails shows up here, not in a run."""
+    from lip_det.layers import self_test
+
+    return [(f"lip2d self-test {impl} ({device})", status) for impl, status in self_test(device)]
+
+
 def _lip2d_rows():
     """lip_det's own compiled kernels (lip_det._C, optional) and the lip2d implementations."""
     spec = compat.find_spec("lip_det._C")
@@ -103,6 +111,7 @@ def _lip2d_rows():
 
         if torch.cuda.is_available():
             rows.append(("lip2d on CUDA", ", ".join(available("cuda")) + " (best first)"))
+            rows += _self_test_rows("cuda")
     except Exception as e:  # report, don't crash
         rows.append(("lip2d", f"fails: {type(e).__name__}: {e}"))
     return rows

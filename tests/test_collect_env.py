@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import detectron2
+import pytest
 import torch
 import torchvision
 
@@ -72,3 +73,21 @@ def test_collect_env_names_versions_and_active_fixes():
         assert problem != "not needed"
         if name in ("pkg_resources", "ddp_device_ids_on_cpu"):
             assert "HEAD" in problem, problem
+
+
+def test_self_test_rows_check_every_implementation_on_the_device():
+    """On CUDA collect_env adds these rows for "cuda"; here they are made for the CPU."""
+    from lip_det.collect_env import _self_test_rows
+    from lip_det.layers import available_implementations
+
+    rows = dict(_self_test_rows("cpu"))
+    expected = [i for i in available_implementations("cpu") if i not in ("reference", "triton")]
+    assert list(rows) == [f"lip2d self-test {impl} (cpu)" for impl in expected]
+    assert all(status.startswith("ok (worst error ") for status in rows.values()), rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_collect_env_self_tests_cuda():
+    rows, _ = _report()
+    tested = [key for key in rows if key.startswith("lip2d self-test ")]
+    assert tested and all(rows[key].startswith("ok") for key in tested), rows
