@@ -72,9 +72,13 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "submitit>=1.5"],
+        # the tests cover every extra's feature
+        "dev": ["pytest", "ruff", "submitit>=1.5", "onnx", "onnxscript", "onnxruntime"],
         # tools/train_net.py --slurm: submission, requeue on preemption (submitit's checkpoint())
         "slurm": ["submitit>=1.5"],
+        # tools/export_model.py: ONNX export (onnxscript: torch's dynamo exporter) and the
+        # onnxruntime check of the exported graph
+        "export": ["onnx", "onnxscript", "onnxruntime"],
     },
     **cpu_extension(),
 )
