@@ -15,6 +15,7 @@
 
 from .diagnostics import self_test
 from .dispatch import LIP_IMPLEMENTATIONS, available_implementations, lip2d
+from .flops import register_default_flop_handles
 from .fused import lip2d_norm_gate
 from .lip import LIP
 from .logit_modules import (
@@ -32,6 +33,9 @@ from .reference import (
     lip2d_window_softmax,
     lip2d_window_softmax_backward,
 )
+
+# every fvcore FlopCountAnalysis (detectron2's analyze_model included) counts lip2d
+register_default_flop_handles()
 
 __all__ = [
     "LIP",

@@ -17,7 +17,11 @@ counted. The window size is read from each node, so LIPs of different kernel siz
 are each counted with their own. lip2d's "reference" implementation is plain ATen ops
 (avg_pool2d, exp, mul, div), all of which fvcore skips.
 
-Usage::
+``import lip_det`` adds the handle to fvcore's default handles
+(:func:`register_default_flop_handles`), so every ``FlopCountAnalysis`` counts lip2d: fvcore's,
+and detectron2's ``detectron2.utils.analysis.FlopCountAnalysis`` that its
+``tools/analyze_model.py --tasks flop`` runs. On an fvcore without that table, add them to each
+analysis::
 
     from fvcore.nn import FlopCountAnalysis
     from lip_det.layers.flops import add_lip_flop_handles
@@ -26,12 +30,19 @@ Usage::
     flops.total(), flops.by_operator()  # lip2d's FLOPs under the key that ends in "lip2d"
 """
 
+import importlib
 import math
 
 from fvcore.nn.jit_handles import get_shape
 from torch.nn.modules.utils import _pair
 
-__all__ = ["LIP2D_OP_NAMES", "add_lip_flop_handles", "lip2d_flop_jit", "lip_flop_handles"]
+__all__ = [
+    "LIP2D_OP_NAMES",
+    "add_lip_flop_handles",
+    "lip2d_flop_jit",
+    "lip_flop_handles",
+    "register_default_flop_handles",
+]
 
 # The traced node of lip2d's memory-lean implementations: lip2d as the registered operator, and
 # as the custom autograd Function LeanLIP2d.
@@ -73,3 +84,17 @@ def lip_flop_handles():
 def add_lip_flop_handles(flop_count_analysis):
     """Register :func:`lip_flop_handles` on an fvcore ``FlopCountAnalysis``; returns it."""
     return flop_count_analysis.set_op_handle(**lip_flop_handles())
+
+
+def register_default_flop_handles():
+    """Add :func:`lip_flop_handles` to fvcore's default op handles (``_DEFAULT_SUPPORTED_OPS``,
+    which every ``FlopCountAnalysis`` starts from), leaving a handle someone registered for the
+    same name alone. Returns whether fvcore has that table."""
+    # the module: fvcore.nn's attribute flop_count is the function of that name
+    flop_count = importlib.import_module("fvcore.nn.flop_count")
+    defaults = getattr(flop_count, "_DEFAULT_SUPPORTED_OPS", None)
+    if not isinstance(defaults, dict):
+        return False
+    for name, handle in lip_flop_handles().items():
+        defaults.setdefault(name, handle)
+    return True
