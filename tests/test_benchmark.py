@@ -99,6 +99,41 @@ def test_model_level(quick):
     assert bench["ratios"]["flops_224x224"] > 1
 
 
+def test_memory_section_compares_default_and_recompute_side_by_side(quick):
+    bench = quick["models"]["R18"]
+    recompute = bench["recompute"]
+    assert recompute["model"] == "LIP-R18-FPN recompute"
+    assert recompute["train_step"]["median_ms"] > 0 and recompute["peak_bytes_train_step"] > 0
+    assert all(_positive_finite(v) for v in recompute["ratios"].values())
+    saved = bench["saved_bytes_by_part"]
+    assert list(saved) == ["LIP-R18-FPN", "R18-FPN", "LIP-R18-FPN recompute"]
+    lip, plain, slow = (saved[name] for name in saved)
+    # the parts: the LIPs, the bottom-up's children, FPN, RPN, RoI heads (and what is outside)
+    assert list(lip) == [
+        "LIP: logit modules + lip2d", "bottom-up stem", "bottom-up res2", "bottom-up res3",
+        "bottom-up res4", "bottom-up res5", "FPN", "RPN", "ROI heads", "other",
+    ]  # fmt: skip
+    assert lip["LIP: logit modules + lip2d"] > 0
+    assert plain["LIP: logit modules + lip2d"] == 0
+    assert slow["LIP: logit modules + lip2d"] == 0  # recomputed in backward: nothing kept
+    assert sum(plain.values()) < sum(slow.values()) < sum(lip.values())
+    # the same heads in all three models keep the same bytes
+    assert lip["ROI heads"] == plain["ROI heads"] == slow["ROI heads"]
+
+
+def test_saved_bytes_by_module_adds_up_and_goes_to_the_innermost_part():
+    inner, outer = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    model = torch.nn.Sequential(outer, torch.nn.Sequential(inner, torch.nn.Tanh()))
+    x = torch.randn(4, 8, requires_grad=True)
+    total = measure.saved_tensor_bytes(lambda: model(x))
+    parts = measure.saved_tensor_bytes_by_module(lambda: model(x), {"all": [model], "in": [inner]})
+    assert sum(parts.values()) == total and parts["other"] == 0
+    # inner saves its input (outer's output, 4x8 floats) and its 8x8 weight; outer saves x and
+    # its weight, Tanh its output
+    assert parts["in"] == (4 * 8 + 8 * 8) * 4
+    assert parts["all"] == total - parts["in"]
+
+
 def test_model_parameter_counts_match_bn_models(quick):
     """FrozenBN affine buffers are counted: the counts equal nn.Parameters of NORM "BN" models."""
     models = quick["models"]["R18"]["models"]
@@ -210,7 +245,7 @@ class _TwoLIPs(torch.nn.Module):
 
 
 @pytest.mark.parametrize("impl", ["auto", "aten"])
-def test_fvcore_counts_lip2d_with_the_flop_handles(impl):
+def test_fvcore_counts_lip2d_with_the_flop_handles(impl, monkeypatch):
     """lip_det.layers.flops: 2 * kh * kw FLOPs per output element (kh * kw multiply-adds for the
     window sum of x * exp(logit), kh * kw adds for that of exp(logit); exp and division, being
     elementwise, not counted), each traced lip2d with its own window."""
@@ -222,7 +257,13 @@ def test_fvcore_counts_lip2d_with_the_flop_handles(impl):
     conv = 2 * 4 * 9 * 11 * 4  # N C_out H W C_in of the 1x1 conv
     outputs = 2 * 4 * 5 * 6  # both: 9x11 -> 5x6 (3x3 s2 p1), 5x6 -> 5x6 (5x3 s1 p(2, 1))
     lip2d_flops = 2 * 3 * 3 * outputs + 2 * 5 * 3 * outputs
-    # without the handles fvcore skips both lip2d nodes
+    # import lip_det made them fvcore's defaults; without them fvcore skips both lip2d nodes
+    default = analysis()
+    assert default.total() == conv + lip2d_flops
+    assert not [name for name in default.unsupported_ops() if "lip2d" in name.lower()]
+    defaults = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    for name in LIP2D_OP_NAMES:
+        monkeypatch.delitem(defaults, name)
     bare = analysis()
     assert bare.total() == conv
     assert sum(bare.unsupported_ops()[name] for name in LIP2D_OP_NAMES) == 2
@@ -232,6 +273,24 @@ def test_fvcore_counts_lip2d_with_the_flop_handles(impl):
     assert [by_operator[k] for k in by_operator if k.lower().endswith("lip2d")] == [lip2d_flops]
     assert not [name for name in flops.unsupported_ops() if "lip2d" in name.lower()]
     assert add_lip_flop_handles(analysis()).total() == conv + lip2d_flops
+
+
+def test_detectron2_flop_count_of_a_lip_model_counts_lip2d():
+    """detectron2's FlopCountAnalysis (its tools/analyze_model.py --tasks flop) on a whole
+    LIP-R18-FPN Faster R-CNN, with no lip_det call but the import: lip2d counted, not skipped."""
+    from detectron2.utils.analysis import FlopCountAnalysis as Detectron2FlopCount
+
+    cfg = model_level.detection_cfg(18, lip=True, light_heads=True)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    flops = Detectron2FlopCount(model, inputs).unsupported_ops_warnings(False)
+    flops.tracer_warnings("none")
+    assert not [name for name in flops.unsupported_ops() if "lip2d" in name.lower()]
+    by_operator = flops.by_operator()
+    lip2d_flops = sum(v for k, v in by_operator.items() if k.lower().endswith("lip2d"))
+    # the seven LIPs of LIP-R18 at 64x96: stem 64 x 16 x 24, then main and shortcut of res3-5
+    outputs = 64 * 16 * 24 + 2 * (64 * 8 * 12 + 128 * 4 * 6 + 256 * 2 * 3)
+    assert lip2d_flops == 2 * 9 * outputs
 
 
 def test_densenet_depths_compare_lip_densenet_with_its_plain_twin():

@@ -9,7 +9,8 @@
   statistics, the allocation and free events ``torch.profiler`` records
   (``profile_memory=True``), replayed in time order.
 - :func:`saved_tensor_bytes`: the bytes of the distinct storages autograd keeps for the backward
-  pass (``torch.autograd.graph.saved_tensors_hooks``).
+  pass (``torch.autograd.graph.saved_tensors_hooks``); :func:`saved_tensor_bytes_by_module` the
+  same, split by the module whose forward saved them.
 - :func:`quiet_profiler`: ``torch.profiler.profile`` without kineto's start and stop notices.
 
 ``tools/benchmark.py`` measures lip2d and LIP detectors with them.
@@ -32,6 +33,7 @@ __all__ = [
     "peak_memory_bytes",
     "quiet_profiler",
     "saved_tensor_bytes",
+    "saved_tensor_bytes_by_module",
     "time_interleaved",
 ]
 
@@ -188,3 +190,46 @@ def saved_tensor_bytes(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         fn()
     return sum(storages.values())
+
+
+def saved_tensor_bytes_by_module(fn, groups):
+    """:func:`saved_tensor_bytes` of ``fn()`` split into ``groups``, a dict {name: [modules]}.
+
+    A saved storage counts once, for the group of the innermost listed module running when it
+    was first saved (so list a part and the whole it sits in, e.g. a block's LIPs and its stage:
+    the LIPs' bytes go to the part); storages saved outside every listed module go to
+    ``"other"``. The values add up to ``saved_tensor_bytes(fn)``.
+    """
+    owner = {id(m): name for name, modules in groups.items() for m in modules}
+    running = []  # the group names of the listed modules running now, outermost first
+    handles = []
+
+    def enter(module, args):
+        running.append(owner[id(module)])
+
+    def leave(module, args, output):  # returns None: the output stays the module's
+        running.pop()
+
+    for modules in groups.values():
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        key = (storage.device, storage.data_ptr())
+        if key not in storages:
+            storages[key] = (running[-1] if running else "other", storage.nbytes())
+        return tensor
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    totals = dict.fromkeys([*groups, "other"], 0)
+    for name, nbytes in storages.values():
+        totals[name] += nbytes
+    return totals

@@ -17,10 +17,16 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import FlopCountAnalysis
 
 from lip_det.config import add_lip_config
-from lip_det.layers import BottleneckTrunk, ConvLogit
+from lip_det.layers import LIP, BottleneckTrunk, ConvLogit
 from lip_det.layers.flops import add_lip_flop_handles
 from lip_det.modeling import NUM_LAYERS_PER_BLOCK
-from lip_det.utils.benchmark import fastest_ratio, median_ratio, peak_memory_bytes, time_interleaved
+from lip_det.utils.benchmark import (
+    fastest_ratio,
+    median_ratio,
+    peak_memory_bytes,
+    saved_tensor_bytes_by_module,
+    time_interleaved,
+)
 
 from .common import summary
 
@@ -235,12 +241,48 @@ class Detector:
             self.model(self.batch)
 
 
-def build_detectors(depth, device, image_size, light_heads):
+def recompute_name(depth):
+    return f"{model_names(depth)[0]} recompute"
+
+
+def build_detectors(depth, device, image_size, light_heads, *, recompute=False):
+    """{name: Detector} of the LIP model and its plain twin; with ``recompute`` also the LIP
+    model with MODEL.LIP.RECOMPUTE (the same weights: one seed)."""
     batch = synthetic_batch(2, *image_size, device=device)
-    return {
-        name: Detector(detection_cfg(depth, lip=lip, device=device, light_heads=light_heads), batch)
+    cfgs = {
+        name: detection_cfg(depth, lip=lip, device=device, light_heads=light_heads)
         for name, lip in zip(model_names(depth), (True, False))
     }
+    if recompute:
+        cfg = detection_cfg(depth, lip=True, device=device, light_heads=light_heads)
+        cfg.MODEL.LIP.RECOMPUTE = True
+        cfgs[recompute_name(depth)] = cfg
+    return {name: Detector(cfg, batch) for name, cfg in cfgs.items()}
+
+
+def saved_bytes_by_part(detector):
+    """Bytes autograd keeps for backward in one training forward, by part of the model: the
+    bottom-up's stem and stages (without their LIPs), its LIPs (logit modules and lip2d), FPN,
+    RPN, RoI heads."""
+    model = detector.model
+    bottom_up = model.backbone.bottom_up
+    groups = {
+        "LIP: logit modules + lip2d": [
+            m for m in bottom_up.modules() if isinstance(m, (LIP, BottleneckTrunk))
+        ],
+    }
+    for name, child in bottom_up.named_children():
+        groups[f"bottom-up {name}"] = [child]
+    groups["FPN"] = [model.backbone]
+    groups["RPN"] = [model.proposal_generator]
+    groups["ROI heads"] = [model.roi_heads]
+    model.train()
+
+    def forward():
+        with detector.storage:
+            sum(model(detector.batch).values())
+
+    return saved_tensor_bytes_by_module(forward, groups)
 
 
 def benchmark_models(depth, *, device="cpu", image_size=IMAGE_SIZE, flop_sizes=FLOP_SIZES,
@@ -250,7 +292,9 @@ def benchmark_models(depth, *, device="cpu", image_size=IMAGE_SIZE, flop_sizes=F
     ``image_size``."""
     device = torch.device(device)
     lip_name, plain_name = model_names(depth)
-    detectors = build_detectors(depth, device, image_size, light_heads)
+    slow_name = recompute_name(depth)
+    detectors = build_detectors(depth, device, image_size, light_heads, recompute=True)
+    recompute = detectors.pop(slow_name)
     results = {name: {} for name in detectors}
     for name, det in detectors.items():
         r = results[name]
@@ -280,10 +324,22 @@ def benchmark_models(depth, *, device="cpu", image_size=IMAGE_SIZE, flop_sizes=F
             )
 
         fns = {name: getattr(det, kind) for name, det in detectors.items()}
+        if kind == "train_step":  # recomputation changes only what training keeps
+            fns[slow_name] = recompute.train_step
         samples = time_interleaved(fns, rounds=rounds, device=device, warmup=warmup,
                                    on_round=on_round)  # fmt: skip
         for name in detectors:
             results[name][kind] = summary(samples[name])
+        if kind == "train_step":
+            del fns[slow_name]  # its peak memory is measured here, the others' below
+            recompute_results = {
+                "train_step": summary(samples[slow_name]),
+                "peak_bytes_train_step": peak_memory_bytes(recompute.train_step, device),
+            }
+            recompute_ratios = {
+                "train_step": median_ratio(samples, slow_name, plain_name),
+                "train_step_best": fastest_ratio(samples, slow_name, plain_name),
+            }
         ratio = time_ratios[kind] = median_ratio(samples, lip_name, plain_name)
         best = time_ratios[f"{kind}_best"] = fastest_ratio(samples, lip_name, plain_name)
         log(
@@ -295,6 +351,16 @@ def benchmark_models(depth, *, device="cpu", image_size=IMAGE_SIZE, flop_sizes=F
             log(f"  {name}: peak memory of one {kind} {peak / 2**20:.0f} MiB")
 
     lip, plain = results[lip_name], results[plain_name]
+    recompute_ratios["peak_bytes_train_step"] = (
+        recompute_results["peak_bytes_train_step"] / plain["peak_bytes_train_step"]
+    )
+    log(
+        f"  {slow_name}: train step {recompute_ratios['train_step']:.3f}x, peak memory "
+        f"{recompute_ratios['peak_bytes_train_step']:.3f}x {plain_name}"
+    )
+    saved = {
+        name: saved_bytes_by_part(det) for name, det in {**detectors, slow_name: recompute}.items()
+    }
     ratios = {
         "params_bottom_up": lip["params_bottom_up"] / plain["params_bottom_up"],
         "params_model": lip["params_model"] / plain["params_model"],
@@ -312,4 +378,9 @@ def benchmark_models(depth, *, device="cpu", image_size=IMAGE_SIZE, flop_sizes=F
         "lip_model": lip_name,
         "plain_model": plain_name,
         "ratios": ratios,
+        # MODEL.LIP.RECOMPUTE: the LIP model recomputing its LIP parts in backward, timed in
+        # the same interleaved rounds as the train steps above
+        "recompute": {"model": slow_name, **recompute_results, "ratios": recompute_ratios},
+        # bytes kept for backward by one training forward, per part of each model
+        "saved_bytes_by_part": saved,
     }

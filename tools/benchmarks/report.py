@@ -10,7 +10,14 @@ __all__ = ["GOALS", "PUBLISHED_R50_FLOP_INCREASE", "format_report"]
 
 # The performance issue's goals: lip2d forward+backward against avg_pool2d (op level), and
 # LIP-R50-FPN against R50-FPN (model level).
-GOALS = {"op_fwd_bwd": 2.0, "train_step": 1.15, "inference": 1.10}
+GOALS = {
+    "op_fwd_bwd": 2.0,
+    "train_step": 1.15,
+    "inference": 1.10,
+    # peak train-step memory: the default path, and MODEL.LIP.RECOMPUTE
+    "peak_bytes_train_step": 1.40,
+    "peak_bytes_train_step_recompute": 1.15,
+}
 # Published ImageNet FLOPs increase of LIP-ResNet-50 over ResNet-50 (224x224, classification net).
 PUBLISHED_R50_FLOP_INCREASE = 0.294
 
@@ -97,6 +104,30 @@ def _format_models(bench):
             f"  {lip_name} at {size}: logit modules {f['logit_modules'] / 1e9:.3f} GFLOPs, "
             f"lip2d {f['lip2d'] / 1e9:.4f} GFLOPs"
         )
+    lines += _format_memory(bench)
+    return lines
+
+
+def _format_memory(bench):
+    """The recomputing LIP model's train step, and the bytes each part of each model keeps for
+    backward (one training forward)."""
+    plain_name, lip_name = bench["plain_model"], bench["lip_model"]
+    recompute = bench["recompute"]
+    slow_name, r = recompute["model"], recompute["ratios"]
+    step_ms = recompute["train_step"]["median_ms"]
+    peak = mib(recompute["peak_bytes_train_step"])
+    lines = [
+        f"  {slow_name} (MODEL.LIP.RECOMPUTE True): train step {step_ms:.0f} ms, "
+        f"{r['train_step']:.3f}x {plain_name} (fastest samples {r['train_step_best']:.3f}x); "
+        f"peak {peak:.0f} MiB, {r['peak_bytes_train_step']:.3f}x",
+        "  saved for backward, MiB per training forward:",
+    ]
+    saved = bench["saved_bytes_by_part"]
+    names = [plain_name, lip_name, slow_name]
+    parts = [p for p in saved[lip_name] if any(saved[n].get(p) for n in names)]
+    rows = [[part, *(mib(saved[n].get(part, 0)) for n in names)] for part in parts]
+    rows.append(["total", *(mib(sum(saved[n].values())) for n in names)])
+    lines += _table(rows, ["part", *names], indent="    ", floatfmt=".1f")
     return lines
 
 
@@ -149,6 +180,20 @@ def _format_goals(results):
             lines.append(
                 f"  {bench['lip_model']} / {bench['plain_model']} {kind}: {ratio:.3f} ({verdict})"
             )
+        if bench["depth"] == 50:
+            for key, ratio in (
+                ("peak_bytes_train_step", bench["ratios"]["peak_bytes_train_step"]),
+                (
+                    "peak_bytes_train_step_recompute",
+                    bench["recompute"]["ratios"]["peak_bytes_train_step"],
+                ),
+            ):
+                met = "met" if ratio <= goals[key] else "NOT met"
+                label = "recompute, " if key.endswith("recompute") else ""
+                lines.append(
+                    f"  {bench['lip_model']} / {bench['plain_model']} peak train memory "
+                    f"({label}one run): {ratio:.3f} (goal <= {goals[key]}: {met})"
+                )
         flops = {n: r["flops"].get("224x224") for n, r in bench["models"].items()}
         if bench["depth"] == 50 and all(flops.values()):
             lip, plain = flops[bench["lip_model"]]["total"], flops[bench["plain_model"]]["total"]
