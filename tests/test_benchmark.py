@@ -308,3 +308,24 @@ def test_densenet_depths_compare_lip_densenet_with_its_plain_twin():
         bottom_up = build_model(cfg).backbone.bottom_up
         flops[lip] = backbone_flops(bottom_up, 224, 224)["total"]
     assert flops[True] / flops[False] == pytest.approx(1.445, abs=0.01)
+
+
+def test_compiled_against_eager_side_by_side():
+    """--compile BACKEND: each model eager and with its backbone compiled, in the same rounds."""
+    from benchmarks.compiled import benchmark_compiled
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench = benchmark_compiled(18, backend="aot_eager", image_size=(64, 96), rounds=1,
+                                   light_heads=True, log=lambda line: None)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    names = ["LIP-R18-FPN", "LIP-R18-FPN compiled", "R18-FPN", "R18-FPN compiled"]
+    assert list(bench["models"]) == names
+    for name in names:
+        for kind in ("train_step", "inference"):
+            assert bench["models"][name][kind]["median_ms"] > 0
+    assert bench["models"]["LIP-R18-FPN compiled"]["compile_s_train_step"] > 0
+    assert "LIP-R18-FPN train_step compiled / eager" in bench["ratios"]
+    assert all(_positive_finite(v) for v in bench["ratios"].values())

@@ -80,6 +80,11 @@ def argument_parser():
     parser.add_argument(
         "--profile-steps", type=int, default=2, help="profiled calls per model (default 2)"
     )
+    parser.add_argument(
+        "--compile", metavar="BACKEND", dest="compile_backend",
+        help="also time each model with its backbone torch.compile'd by BACKEND (e.g. inductor; "
+        "MODEL.COMPILE), side by side with eager",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     return parser
 
@@ -121,6 +126,7 @@ def _run(args):
         profile_steps=args.profile_steps,
         skip_op=args.skip_op,
         skip_models=args.skip_models,
+        compile_backend=args.compile_backend,
         log=lambda line: print(line, flush=True),
     )
 

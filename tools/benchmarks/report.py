@@ -131,6 +131,26 @@ def _format_memory(bench):
     return lines
 
 
+def _format_compiled(bench):
+    lines = [
+        f"Compiled (backbone torch.compile, backend {bench['backend']!r}) vs eager, median ms of "
+        "interleaved rounds; compile time = the first call's wall time"
+    ]
+    rows = []
+    for name, r in bench["models"].items():
+        compile_s = [r.get(f"compile_s_{kind}") for kind in ("train_step", "inference")]
+        rows.append([
+            name,
+            r["train_step"]["median_ms"],
+            r["inference"]["median_ms"],
+            " / ".join(f"{s:.0f}" for s in compile_s) if compile_s[0] is not None else "",
+        ])  # fmt: skip
+    lines += _table(rows, ["", "train step ms", "inference ms", "compile s (train / eval)"],
+                    floatfmt=".0f")  # fmt: skip
+    lines += [f"  {key}: {ratio:.3f}" for key, ratio in bench["ratios"].items()]
+    return lines
+
+
 def _format_profile(prof):
     lip_name, plain_name = prof["lip_model"], prof["plain_model"]
     h, w = prof["image_size"]
@@ -219,6 +239,8 @@ def format_report(results):
         lines += _format_op(results["op"], m) + [""]
     for bench in results.get("models", {}).values():
         lines += _format_models(bench) + [""]
+    for bench in results.get("compiled", {}).values():
+        lines += _format_compiled(bench) + [""]
     if "profile" in results:
         lines += _format_profile(results["profile"]) + [""]
     lines += _format_goals(results)

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from .compiled import benchmark_compiled
 from .models import (
     FLOP_SIZES,
     IMAGE_SIZE,
@@ -55,7 +56,7 @@ def machine_info(device):
 def run_benchmark(*, device="cpu", quick=False, op_shapes=None, dtype=torch.float32, depths=None,
                   image_size=None, flop_sizes=None, op_rounds=None, model_rounds=None,
                   profile=False, profile_depth=None, profile_steps=2, skip_op=False,
-                  skip_models=False, log=print):  # fmt: skip
+                  skip_models=False, compile_backend=None, log=print):  # fmt: skip
     """Run the op-level and model-level benchmarks (and optionally the profile); returns the
     JSON-serialisable results. ``quick`` picks small shapes, R18 only and few rounds (tests/CI);
     explicit arguments override its choices."""
@@ -81,6 +82,7 @@ def run_benchmark(*, device="cpu", quick=False, op_shapes=None, dtype=torch.floa
             "op_rounds": op_rounds,
             "model_rounds": model_rounds,
             "light_heads": quick,
+            "compile_backend": compile_backend,
         },
         "goals": GOALS,
         "published": {"r50_flop_increase": PUBLISHED_R50_FLOP_INCREASE},
@@ -112,6 +114,14 @@ def run_benchmark(*, device="cpu", quick=False, op_shapes=None, dtype=torch.floa
             log(f"model level R{depth} ({model_rounds} interleaved rounds) ...")
             results["models"][model_names(depth)[1].removesuffix("-FPN")] = benchmark_models(
                 depth, device=device, image_size=image_size, flop_sizes=flop_sizes,
+                rounds=model_rounds, light_heads=quick, log=log,
+            )  # fmt: skip
+    if compile_backend and not skip_models:
+        results["compiled"] = {}
+        for depth in depths:
+            log(f"compiled vs eager R{depth} ({compile_backend}, {model_rounds} rounds) ...")
+            results["compiled"][model_names(depth)[1].removesuffix("-FPN")] = benchmark_compiled(
+                depth, backend=compile_backend, device=device, image_size=image_size,
                 rounds=model_rounds, light_heads=quick, log=log,
             )  # fmt: skip
     if profile:
