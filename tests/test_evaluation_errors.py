@@ -166,6 +166,17 @@ def test_ap_101_matches_cocoeval_rules():
 # ---- tidecv as an oracle --------------------------------------------------------------------
 
 
+class _PlottingStandIn(types.ModuleType):
+    """A module whose every attribute is 0 (constants) or a function returning a palette of 10
+    colours: at import tidecv reads ``cv2.FONT_HERSHEY_SIMPLEX`` and indexes
+    ``seaborn.color_palette()``; its quantification uses none of them."""
+
+    def __getattr__(self, attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return 0 if attribute.isupper() else (lambda *args, **kwargs: [(0.0, 0.0, 0.0)] * 10)
+
+
 def _import_tidecv():
     """tidecv, or skip. Its plotting module imports cv2, seaborn and pandas, which the
     quantification does not use: stand-ins are put in place for whichever is missing."""
@@ -175,9 +186,7 @@ def _import_tidecv():
         try:
             __import__(name)
         except ImportError:
-            stub = types.ModuleType(name)
-            stub.FONT_HERSHEY_SIMPLEX = 0
-            sys.modules[name] = stub
+            sys.modules[name] = _PlottingStandIn(name)
     import tidecv
 
     return tidecv
