@@ -33,6 +33,7 @@ FIX_NAMES = [
     "map_dataset_sample_from_set",
     "ddp_device_ids_on_cpu",
     "trainer_state",
+    "export_without_caffe2",
     "local_process_group",
 ]
 
@@ -263,6 +264,15 @@ _COLLECT_ENV = """
             return "_C not built"
         return _C.get_compiler_version()
 """
+# as in detectron2 (v0.6 and HEAD alike), shortened
+_EXPORT_FILES = {
+    "export/api.py": "from caffe2.proto import caffe2_pb2\n\nclass Caffe2Tracer:\n    pass\n",
+    "export/flatten.py": "class TracingAdapter:\n    pass\n",
+    "export/torchscript.py": (
+        "def scripting_with_instances(model, fields):\n    return model\n\n\n"
+        "def dump_torchscript_IR(model, dir):\n    pass\n"
+    ),
+}
 _FAKE_TREES = {
     # sources as upstream HEAD has them: compiled _C, none of the removed names
     "head": {
@@ -286,6 +296,17 @@ _FAKE_TREES = {
             def config_dir():
                 return str(resources.files("detectron2.model_zoo").joinpath("configs"))
         """,
+        "export/__init__.py": """
+            from .flatten import TracingAdapter
+
+            try:
+                from caffe2.proto import caffe2_pb2 as _tmp
+            except ImportError:
+                pass
+            else:
+                from .api import *
+        """,
+        **_EXPORT_FILES,
     },
     # the same, as the v0.6 release code has it
     "v0.6": {
@@ -308,6 +329,11 @@ _FAKE_TREES = {
                 return pkg_resources.resource_filename("detectron2.model_zoo", "configs")
         """,
         "utils/collect_env.py": _COLLECT_ENV,
+        "export/__init__.py": """
+            from .api import *
+            from .flatten import TracingAdapter
+        """,
+        **_EXPORT_FILES,
     },
 }
 
@@ -330,6 +356,7 @@ from detectron2.data import build
 from detectron2.data.transforms import transform
 from detectron2.model_zoo import model_zoo
 from detectron2.utils.collect_env import collect_env_info
+from detectron2.export import TracingAdapter
 print(json.dumps({
     "env_report": collect_env_info(),
     "detectron2": detectron2.__file__,
@@ -340,6 +367,7 @@ print(json.dumps({
     "numpy_is_plain": build.np is numpy,
     "interp": int(transform.interp()),
     "config_dir": model_zoo.config_dir(),
+    "tracing_adapter": TracingAdapter.__module__,
 }))
 """
 )
@@ -347,7 +375,7 @@ print(json.dumps({
 
 def _make_fake_detectron2(root, files):
     package = root / "detectron2"
-    for name in ("", "data", "data/transforms", "model_zoo", "utils"):
+    for name in ("", "data", "data/transforms", "export", "model_zoo", "utils"):
         (package / name).mkdir(parents=True, exist_ok=True)
         (package / name / "__init__.py").write_text("")
     (package / "__init__.py").write_text('__version__ = "0.0+fake"\n')
@@ -376,6 +404,7 @@ def test_fixes_follow_the_sources_not_the_version(tmp_path, tree):
     assert probe["histogram"] == [0, 0, 0]
     assert probe["interp"] == int(Image.BILINEAR)
     assert probe["config_dir"] == str(package / "model_zoo" / "configs")
+    assert probe["tracing_adapter"] == "detectron2.export.flatten"
     if tree == "head":
         assert probe["active"] == []
         assert probe["has_c_extension"] and not probe["hooks_installed"]
@@ -387,6 +416,7 @@ def test_fixes_follow_the_sources_not_the_version(tmp_path, tree):
         expected += ["pkg_resources"] if importlib.util.find_spec("pkg_resources") is None else []
         expected += ["numpy_aliases"] if not hasattr(np, "int") else []
         expected += ["env_report_with_stand_in"]
+        expected += ["export_without_caffe2"] if importlib.util.find_spec("caffe2") is None else []
         assert probe["active"] == expected
         assert probe["env_report"] == "_C not built"
         assert not probe["has_c_extension"]
@@ -584,6 +614,68 @@ def test_trainer_state_puts_the_optimizer_in_checkpoints(tmp_path):
         assert resumed.iter == 5
 
 
+# ---- detectron2.export without caffe2 ------------------------------------------------------------
+
+
+def test_export_without_caffe2_gives_tracing_adapter_and_flop_analysis():
+    import re
+
+    import torch
+
+    source = _read(_detectron2_file("export", "__init__.py"))
+    unconditional = re.search(r"^from \.api import", source, re.M) is not None
+    problem = unconditional and importlib.util.find_spec("caffe2") is None
+    fix = _fix("export_without_caffe2")
+    assert fix.active == problem
+    if problem:
+        assert fix.modules == ("detectron2.export",) and "caffe2" in fix.problem
+
+    import detectron2.export
+    from detectron2.export import TracingAdapter, dump_torchscript_IR, scripting_with_instances
+    from detectron2.export.flatten import TracingAdapter as flatten_adapter
+    from detectron2.utils.analysis import FlopCountAnalysis  # imports detectron2.export
+
+    assert TracingAdapter is flatten_adapter
+    assert callable(dump_torchscript_IR) and callable(scripting_with_instances)
+    assert detectron2.export.STABLE_ONNX_OPSET_VERSION == 11
+    expected = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
+    expected += ["STABLE_ONNX_OPSET_VERSION", "add_export_config", "flatten", "torchscript"]
+    assert set(expected) <= set(detectron2.export.__all__)
+    if problem:  # as upstream HEAD without caffe2: no caffe2 API, add_export_config a no-op
+        assert not hasattr(detectron2.export, "Caffe2Tracer")
+        cfg = object()
+        with pytest.warns(DeprecationWarning, match="no-op"):
+            assert detectron2.export.add_export_config(cfg) is cfg
+
+    class OneLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 3)
+
+        def forward(self, inputs):
+            return {"out": self.linear(inputs[0]["x"])}
+
+    inputs = ([{"x": torch.ones(4, 2)}],)
+    adapter = TracingAdapter(OneLinear(), inputs)
+    (out,) = adapter(*adapter.flattened_inputs)
+    assert out.shape == (4, 3)
+    assert FlopCountAnalysis(OneLinear(), inputs).total() == 4 * 2 * 3
+
+
+def test_export_without_caffe2_passes_other_import_errors():
+    import types
+
+    hook = compat.export_without_caffe2._without_caffe2
+    module = types.ModuleType("detectron2.export")
+    with pytest.raises(ImportError, match="^not caffe2$"):
+        with hook(module):
+            raise ModuleNotFoundError("not caffe2", name="caffe3")
+    with pytest.raises(ValueError):
+        with hook(module):
+            raise ValueError("caffe2")
+    assert not hasattr(module, "TracingAdapter")
+
+
 # ---- upstream HEAD's own sources -----------------------------------------------------------------
 
 HEAD_CHECKOUT = REPO.parent / "upstream" / "detectron2"  # detectron2 at 02b5c4e, extracted
@@ -597,6 +689,7 @@ from detectron2.data import build
 from detectron2.data.common import MapDataset
 from detectron2.engine import defaults
 from detectron2.model_zoo import get_config_file
+from detectron2.export import TracingAdapter
 print(json.dumps({
     "detectron2": detectron2.__file__,
     "active": [fix.name for fix in fixes if fix.active],
@@ -607,6 +700,7 @@ print(json.dumps({
     "ddp_wrapped": hasattr(defaults.create_ddp_model, "__wrapped__"),
     "skipped_item": MapDataset([0, 1], lambda x: None if x == 0 else x)[0],
     "config": get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
+    "tracing_adapter": TracingAdapter.__module__,
 }))
 """
 )
@@ -673,6 +767,7 @@ def test_upstream_head_sources_need_exactly_their_fixes(tmp_path):
     )
     assert probe["numpy_is_plain"] and probe["native_state_dict"] and probe["ddp_wrapped"]
     assert probe["skipped_item"] == 1
+    assert probe["tracing_adapter"] == "detectron2.export.flatten"
     assert probe["config"] == str(
         package / "model_zoo" / "configs" / "COCO-Detection" / "faster_rcnn_R_50_FPN_1x.yaml"
     )

@@ -24,11 +24,7 @@ module) on the sample image and compares every output with the eager model. With
 """
 
 import argparse
-import importlib
-import importlib.util
 import os
-import sys
-import types
 
 import torch
 
@@ -39,21 +35,10 @@ ONNX_OPSET = 17
 
 
 def tracing_adapter_class():
-    """detectron2's ``TracingAdapter``. detectron2 v0.6's ``detectron2/export/__init__.py``
-    imports caffe2 unconditionally (upstream made it optional); without caffe2 its submodules
-    are imported without that ``__init__``."""
-    try:
-        from detectron2.export import TracingAdapter
-    except ImportError as error:
-        if "caffe2" not in str(error):
-            raise
-        spec = importlib.util.find_spec("detectron2.export")
-        package = types.ModuleType("detectron2.export")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__ = spec
-        sys.modules["detectron2.export"] = package
-        TracingAdapter = importlib.import_module("detectron2.export.flatten").TracingAdapter
-        package.TracingAdapter = TracingAdapter  # the next import finds it
+    """detectron2's ``TracingAdapter`` (on v0.6 without caffe2, ``import lip_det`` makes
+    ``detectron2.export`` import, as upstream's does: lip_det.compat.export_without_caffe2)."""
+    from detectron2.export import TracingAdapter
+
     return TracingAdapter
 
 

@@ -13,6 +13,7 @@ one module here, in the order :func:`apply` runs them:
 - ``map_dataset_sample_from_set`` (:mod:`.map_dataset_sampling`): inactive on HEAD (400a49c1);
 - ``ddp_device_ids_on_cpu`` (:mod:`.ddp_device_ids`): **HEAD needs it** (same code as v0.6);
 - ``trainer_state`` (:mod:`.trainer_state`): inactive on HEAD (fixed in ac6774fe);
+- ``export_without_caffe2`` (:mod:`.export_without_caffe2`): inactive on HEAD (fixed in d29378aa);
 - ``local_process_group`` (:mod:`.local_process_group`): inactive on HEAD (fixed in 650c60ed).
 
 Each module's docstring says the problem, the probe, what the fix changes and the upstream code
@@ -36,6 +37,7 @@ from . import (
     c_extension,
     ddp_device_ids,
     env_report,
+    export_without_caffe2,
     local_process_group,
     map_dataset_sampling,
     numpy_aliases,
@@ -78,6 +80,7 @@ FIX_MODULES = (
     map_dataset_sampling,
     ddp_device_ids,
     trainer_state,
+    export_without_caffe2,
     local_process_group,
 )
 
