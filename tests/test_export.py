@@ -77,7 +77,9 @@ def test_torch_export_keeps_the_operator_with_dynamic_shapes(backbone):
             want = backbone(y)
         got = program.module()(y)
         for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+            # eager inference fuses each head's norm and gate into the pooling on CPU; the
+            # exported graph keeps them as modules: the same values, rounded in another order
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])

@@ -9,15 +9,21 @@ and the two affine vectors): the norm, the gate and the logits are recomputed fr
 backward pass, which costs a few elementwise passes and one reduction per plane. Per LIP-R50-FPN
 Faster R-CNN training step that is 220 MiB of the 462 MiB LIP added (2 x 512x672 images).
 
-The kernels are composed of ``torch.ops.lip_det.lip2d`` and ``lip2d_backward`` (any device,
-any ``impl`` they take) and ATen ops, so the fused operator runs wherever lip2d does; it has its
-fake kernel and autograd like lip2d, so it compiles. Inference, tracing and export use the
-unfused modules (each LIP then appears as the conv, ``instance_norm``, the gate and
-``lip_det::lip2d``, as fvcore and the ONNX exporters expect).
+The default kernels are composed of ``torch.ops.lip_det.lip2d`` and ``lip2d_backward`` (any
+device, any ``impl`` they take) and ATen ops, so the fused operator runs wherever lip2d does; it
+has its fake kernel and autograd like lip2d, so it compiles. On CPU, with ``lip_det._C`` built and
+``impl`` "auto" or "cpu", both operators run fused C++ kernels instead (``csrc/lip2d_cpu.cpp``):
+one pass per (sample, channel) plane for the norm's statistics, then the logits into a buffer of
+one plane and the pooling; the backward pass adds the gate's and the norm's backward to lip2d's
+in two more passes per plane. The composite stays the kernel for ``impl="aten"`` and for the
+dtype mix it cannot express (logits narrower than the pooling: float64 x with float32 y).
+Tracing and export use the unfused modules (each LIP then appears as the conv,
+``instance_norm``, the gate and ``lip_det::lip2d``, as fvcore and the ONNX exporters expect).
 """
 
 import torch
 
+from . import backend_cpu
 from .function import accumulation_dtype, output_size
 
 __all__ = ["lip2d_norm_gate", "lip2d_norm_gate_op"]
@@ -72,9 +78,7 @@ def _check(x, y, weight, bias):
     )
 
 
-@torch.library.custom_op("lip_det::lip2d_norm_gate", mutates_args=(), schema=_SCHEMA)
-def lip2d_norm_gate_op(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl="auto"):
-    _check(x, y, weight, bias)
+def _composite(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl="auto"):
     logit_dtype, dtype = _dtypes(x, y)
     _, _, gate = _gated(y, weight, bias, eps, coeff, logit_dtype)
     logit = gate.mul_(coeff).to(dtype)
@@ -82,12 +86,8 @@ def lip2d_norm_gate_op(x, y, weight, bias, eps, coeff, kernel_size, stride, padd
     return out.to(x.dtype)
 
 
-@torch.library.custom_op(
-    "lip_det::lip2d_norm_gate_backward", mutates_args=(), schema=_BACKWARD_SCHEMA
-)
-def lip2d_norm_gate_backward_op(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size, stride,
-                                padding, impl="auto"):  # fmt: skip
-    _check(x, y, weight, bias)
+def _composite_backward(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size, stride,
+                        padding, impl="auto"):  # fmt: skip
     logit_dtype, dtype = _dtypes(x, y)
     y_hat, rstd, gate = _gated(y, weight, bias, eps, coeff, logit_dtype)
     logit = (coeff * gate).to(dtype)
@@ -108,6 +108,67 @@ def lip2d_norm_gate_backward_op(grad_out, x, y, weight, bias, out, eps, coeff, k
     return (
         grad_x.to(x.dtype).contiguous(),
         grad_y.to(y.dtype).contiguous(),
+        grad_weight.to(weight.dtype),
+        grad_bias.to(bias.dtype),
+    )
+
+
+@torch.library.custom_op("lip_det::lip2d_norm_gate", mutates_args=(), schema=_SCHEMA)
+def lip2d_norm_gate_op(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl="auto"):
+    _check(x, y, weight, bias)
+    return _composite(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl)
+
+
+@torch.library.custom_op(
+    "lip_det::lip2d_norm_gate_backward", mutates_args=(), schema=_BACKWARD_SCHEMA
+)
+def lip2d_norm_gate_backward_op(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size, stride,
+                                padding, impl="auto"):  # fmt: skip
+    _check(x, y, weight, bias)
+    return _composite_backward(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size, stride,
+                               padding, impl)  # fmt: skip
+
+
+def cpu_kernel_dtype(x, y, impl):
+    """The dtype the C++ kernels run x and y in (they accumulate float16/bfloat16 in float32),
+    or None where the composite runs: no ``lip_det._C``, ``impl`` not "auto"/"cpu", or logits
+    computed in a narrower dtype than the pooling (float64 x, float32 y)."""
+    if impl not in ("auto", "cpu") or not backend_cpu.is_available():
+        return None
+    logit_dtype, dtype = _dtypes(x, y)
+    if logit_dtype != dtype:
+        return None
+    return x.dtype if x.dtype == y.dtype else dtype
+
+
+@lip2d_norm_gate_op.register_kernel("cpu")
+def _(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl="auto"):
+    _check(x, y, weight, bias)
+    dtype = cpu_kernel_dtype(x, y, impl)
+    if dtype is None:
+        return _composite(x, y, weight, bias, eps, coeff, kernel_size, stride, padding, impl)
+    acc = accumulation_dtype(dtype)
+    out = backend_cpu.cpu_norm_gate_forward(x.to(dtype), y.to(dtype), weight.to(acc),
+                                            bias.to(acc), eps, coeff, kernel_size, stride,
+                                            padding)  # fmt: skip
+    return out.to(x.dtype)
+
+
+@lip2d_norm_gate_backward_op.register_kernel("cpu")
+def _(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size, stride, padding, impl="auto"):
+    _check(x, y, weight, bias)
+    dtype = cpu_kernel_dtype(x, y, impl)
+    if dtype is None:
+        return _composite_backward(grad_out, x, y, weight, bias, out, eps, coeff, kernel_size,
+                                   stride, padding, impl)  # fmt: skip
+    acc = accumulation_dtype(dtype)
+    grad_x, grad_y, grad_weight, grad_bias = backend_cpu.cpu_norm_gate_backward(
+        grad_out.to(dtype), x.to(dtype), y.to(dtype), weight.to(acc), bias.to(acc),
+        out.to(dtype), eps, coeff, kernel_size, stride, padding
+    )  # fmt: skip
+    return (
+        grad_x.to(x.dtype),
+        grad_y.to(y.dtype),
         grad_weight.to(weight.dtype),
         grad_bias.to(bias.dtype),
     )

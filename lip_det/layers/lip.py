@@ -1,6 +1,8 @@
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
+from . import backend_cpu
 from .dispatch import check_arguments, lip2d
 from .fused import lip2d_norm_gate
 from .logit_modules import ConvLogit
@@ -18,7 +20,11 @@ class LIP(nn.Module):
     In training, with a :class:`ConvLogit` logit module, the head's InstanceNorm and SoftGate run
     fused into the pooling (:func:`lip2d_norm_gate`): autograd then keeps only the head's conv
     output instead of three input-sized tensors (the same values; ``fuse_norm_gate=False``
-    turns it off). Inference, tracing and export always take the unfused route.
+    turns it off). Inference without autograd fuses them too on CPU, where the operator has C++
+    kernels (no normalised, gated or logit tensors to write at all), unless a hook watches the
+    logit module (:func:`lip_det.visualize.importance_maps` reads its output); torch.compile
+    then sees the operator (its fake kernel) as eager runs it. Tracing and export take the
+    unfused route.
     """
 
     def __init__(self, logit_module, *, kernel_size=3, stride=2, padding=1, impl="auto",
@@ -32,14 +38,25 @@ class LIP(nn.Module):
         self.fuse_norm_gate = fuse_norm_gate
 
     def _fused(self, x, features):
-        if not (self.fuse_norm_gate and self.training and self.impl != "reference"):
+        if not (self.fuse_norm_gate and self.impl != "reference"):
             return False
         if not (isinstance(self.logit, ConvLogit) and self.logit.fusable()):
             return False
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             return False
         trainable = any(p.requires_grad for p in self.logit.parameters())
-        return torch.is_grad_enabled() and (trainable or x.requires_grad or features.requires_grad)
+        if torch.is_grad_enabled() and (trainable or x.requires_grad or features.requires_grad):
+            return self.training
+        return self._fused_inference(x)
+
+    def _fused_inference(self, x):
+        if x.device.type != "cpu" or not backend_cpu.is_available():
+            return False
+        if self.impl not in ("auto", "cpu"):
+            return False
+        if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.logit.modules())
 
     def forward(self, x, features=None):
         """x: (N, C, H, W) -> (N, C, H_out, W_out), the shape ``avg_pool2d`` gives."""
