@@ -30,8 +30,14 @@ def set_lip_recompute(module, enabled=True):
 
 
 def recomputing(block):
-    """Whether ``block`` (one with ``RECOMPUTES_LIP``) recomputes its LIP part in this call."""
-    return block.recompute and block.training and torch.is_grad_enabled()
+    """Whether ``block`` (one with ``RECOMPUTES_LIP``) recomputes its LIP part in this call: not
+    in a frozen block (MODEL.BACKBONE.FREEZE_AT), which keeps nothing for backward anyway."""
+    return (
+        block.recompute
+        and block.training
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in block.parameters())
+    )
 
 
 class LIPStem(CNNBlockBase):
