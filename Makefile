@@ -170,10 +170,10 @@ $(VENV)/.lip_det-installed: setup.py $(wildcard lip_det/layers/csrc/*) tools/ins
 	$(VPY) -m pip install $(PIP_ARGS) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(if $(D2_CHANGED),$(VPY) tools/install_detectron2.py $(D2_INSTALL),@echo "detectron2: unchanged")
 	$(VPY) -m pip install $(PIP_ARGS) --no-build-isolation -e '.[dev]' $(VENV_EXTRA_PACKAGES)
-	@# tidecv: the error-analysis test's oracle. Without its plotting dependencies (opencv,
-	@# seaborn, pandas: ~100 MB that its error quantification does not use; the test stands in
-	@# for them), so the venv stays the one the demo figures were made in.
-	$(VPY) -m pip install $(PIP_ARGS) --no-deps tidecv
+	@# tidecv (and appdirs, which it imports): the error-analysis test's oracle. Without its
+	@# plotting dependencies (opencv, seaborn, pandas: ~100 MB that its error quantification does
+	@# not use; the test stands in for them), so the venv stays the one the demo figures were made in.
+	$(VPY) -m pip install $(PIP_ARGS) --no-deps tidecv appdirs
 	touch $@
 
 # ---- make test-upstream: the upstream source, extracted -------------------------------------------
